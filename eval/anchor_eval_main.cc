@@ -1,0 +1,336 @@
+// anchor-eval: run, inspect and (later) evaluate AnLLMs from the command line.
+//
+//   anchor-eval logits   --model DIR (--token-ids 1,2,3 | --text "...") [--mode full|anchor]
+//                        [--policy absolute|compact] [--anchor-ids 13,29889]
+//                        [--device cpu|cuda] [--dtype float32|bfloat16] [--json]
+//   anchor-eval generate --model DIR --text "..." [--max-tokens N] [--temperature T] [--top-k K]
+//                        [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]
+//                        [--mode ...] [--policy ...] [--device ...] [--dtype ...]
+//   anchor-eval tokenize --model DIR --text "..."
+//   anchor-eval init-model --out DIR [--seed N]
+//   anchor-eval convert  --from DIR --to DIR [--shard-mb 2048]
+//
+// Bad arguments: one line on stderr, exit 2. Runtime failures: one line, exit 1.
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "model/anchor_sequence.h"
+#include "model/anchors.h"
+#include "model/checkpoint_convert.h"
+#include "model/default_model.h"
+#include "model/llama.h"
+#include "model/sampling.h"
+#include "model/tokenizer.h"
+
+namespace anchorserve::eval {
+namespace {
+
+using model::AnchorSequence;
+
+constexpr int kExitUsage = 2;
+constexpr int kExitFailure = 1;
+
+struct UsageError {
+  std::string message;
+};
+
+// --name value / --name=value flags; booleans take no value.
+class Flags {
+ public:
+  Flags(int argc, char** argv, int first, const std::set<std::string>& known,
+        const std::set<std::string>& booleans) {
+    for (int i = first; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg.rfind("--", 0) != 0) throw UsageError{"unexpected argument \"" + arg + "\""};
+      std::string name = arg.substr(2), value;
+      const size_t eq = name.find('=');
+      bool has_value = false;
+      if (eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        has_value = true;
+      }
+      if (!known.count(name) && !booleans.count(name)) {
+        throw UsageError{"unknown flag --" + name};
+      }
+      if (booleans.count(name)) {
+        if (has_value) throw UsageError{"--" + name + " takes no value"};
+        values_[name] = "true";
+        continue;
+      }
+      if (!has_value) {
+        if (i + 1 >= argc) throw UsageError{"--" + name + " needs a value"};
+        value = argv[++i];
+      }
+      values_[name] = value;
+    }
+  }
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  std::string Get(const std::string& name, const std::string& fallback = "") const {
+    auto it = values_.find(name);
+    return it == values_.end() ? fallback : it->second;
+  }
+  std::string Required(const std::string& name) const {
+    if (!Has(name)) throw UsageError{"--" + name + " is required"};
+    return Get(name);
+  }
+  int64_t Int(const std::string& name, int64_t fallback) const {
+    if (!Has(name)) return fallback;
+    int64_t v;
+    if (!absl::SimpleAtoi(Get(name), &v)) throw UsageError{"--" + name + " must be an integer"};
+    return v;
+  }
+  double Double(const std::string& name, double fallback) const {
+    if (!Has(name)) return fallback;
+    double v;
+    if (!absl::SimpleAtod(Get(name), &v)) throw UsageError{"--" + name + " must be a number"};
+    return v;
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+template <typename T>
+T OrUsage(absl::StatusOr<T> v, const std::string& flag) {
+  if (!v.ok()) throw UsageError{"--" + flag + ": " + std::string(v.status().message())};
+  return *std::move(v);
+}
+
+struct Failure {
+  absl::Status status;
+};
+
+template <typename T>
+T OrFail(absl::StatusOr<T> v) {
+  if (!v.ok()) throw Failure{v.status()};
+  return *std::move(v);
+}
+
+void OrFail(const absl::Status& s) {
+  if (!s.ok()) throw Failure{s};
+}
+
+const std::set<std::string> kRunFlags = {"model", "token-ids", "text", "mode", "policy",
+                                         "anchor-ids", "device", "dtype", "threads"};
+
+// Everything logits/generate share: the model, its tokenizer (optional), the sequence options.
+struct Loaded {
+  std::unique_ptr<model::LlamaModel> llama;
+  std::unique_ptr<model::Tokenizer> tokenizer;  // null without tokenizer.model
+  model::SequenceOptions sequence;
+  std::vector<int32_t> prompt;
+};
+
+Loaded LoadForRun(const Flags& flags) {
+  Loaded out;
+  const std::string dir = flags.Required("model");
+  model::LoadOptions options;
+  options.device = OrUsage(model::ParseDevice(flags.Get("device", "cpu")), "device");
+  options.precision = OrUsage(model::ParsePrecision(flags.Get("dtype", "float32")), "dtype");
+  options.num_threads = static_cast<int>(flags.Int("threads", 0));
+  out.sequence.mode = OrUsage(model::ParseAttentionMode(flags.Get("mode", "anchor")), "mode");
+  out.sequence.policy =
+      OrUsage(model::ParsePositionPolicy(flags.Get("policy", "absolute")), "policy");
+  if (flags.Has("token-ids") == flags.Has("text")) {
+    throw UsageError{"give exactly one of --token-ids and --text"};
+  }
+  std::vector<int32_t> anchor_ids;
+  if (flags.Has("anchor-ids")) {
+    anchor_ids = OrUsage(model::ParseIdList(flags.Get("anchor-ids"), "anchor-ids"), "anchor-ids");
+  }
+  if (flags.Has("token-ids")) {
+    out.prompt = OrUsage(model::ParseIdList(flags.Get("token-ids"), "token-ids"), "token-ids");
+    if (out.prompt.empty()) throw UsageError{"--token-ids: no token ids given"};
+  }
+  auto tokenizer = model::Tokenizer::Load(dir);
+  if (tokenizer.ok()) {
+    out.tokenizer = *std::move(tokenizer);
+  } else if (flags.Has("text")) {
+    throw Failure{tokenizer.status()};
+  }
+  out.llama = OrFail(model::LlamaModel::Load(dir, options));
+  const model::ModelConfig& config = out.llama->config();
+  if (flags.Has("anchor-ids")) {
+    int32_t pad = config.pad_token_id;
+    if (out.tokenizer) pad = out.tokenizer->pad_id();
+    out.sequence.anchors = model::CustomAnchors(anchor_ids, pad);
+  } else {
+    out.sequence.anchors = OrFail(model::DetectAnchors(dir, config, out.tokenizer.get()));
+  }
+  if (flags.Has("text")) out.prompt = out.tokenizer->Encode(flags.Get("text"), /*add_bos=*/true);
+  for (int32_t id : out.prompt) {
+    if (id >= config.vocab_size) {
+      throw UsageError{absl::StrCat("--token-ids: ", id, " is outside the vocabulary [0, ",
+                                    config.vocab_size, ")")};
+    }
+  }
+  if (out.sequence.mode == model::AttentionMode::kAnchor && !out.sequence.anchors.has_anchors()) {
+    std::cerr << "anchor-eval: note: the model has no anchor tokens; anchor mode keeps everything"
+              << std::endl;
+  }
+  return out;
+}
+
+int RunLogits(const Flags& flags) {
+  Loaded run = LoadForRun(flags);
+  auto sequence = OrFail(AnchorSequence::Create(run.llama.get(), run.sequence));
+  const int64_t vocab = run.llama->config().vocab_size;
+  std::vector<std::vector<float>> rows;
+  std::vector<int64_t> kv_tokens;
+  for (int32_t id : run.prompt) {
+    rows.push_back(OrFail(sequence->Feed({&id, 1}, /*all_logits=*/false)));
+    kv_tokens.push_back(sequence->kv_tokens());
+  }
+  if (flags.Has("json")) {
+    nlohmann::json j;
+    j["token_ids"] = run.prompt;
+    j["mode"] = std::string(model::AttentionModeName(run.sequence.mode));
+    j["policy"] = std::string(model::PositionPolicyName(run.sequence.policy));
+    j["anchor_ids"] = run.sequence.anchors.token_ids;
+    j["vocab_size"] = vocab;
+    j["kv_tokens"] = kv_tokens;
+    j["logits"] = rows;
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("%5s %8s %10s %8s %12s\n", "pos", "token", "kv_tokens", "argmax", "max_logit");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    size_t best = 0;
+    for (size_t v = 1; v < rows[i].size(); ++v) {
+      if (rows[i][v] > rows[i][best]) best = v;
+    }
+    std::printf("%5zu %8d %10lld %8zu %12.5f\n", i, run.prompt[i],
+                static_cast<long long>(kv_tokens[i]), best, rows[i][best]);
+  }
+  return 0;
+}
+
+int RunGenerate(const Flags& flags) {
+  Loaded run = LoadForRun(flags);
+  if (!run.tokenizer) throw UsageError{"--model: generate needs tokenizer.model in the model dir"};
+  model::SamplingParams sampling;
+  sampling.temperature = static_cast<float>(flags.Double("temperature", 0.8));
+  sampling.top_k = static_cast<int32_t>(flags.Int("top-k", 0));
+  sampling.top_p = static_cast<float>(flags.Double("top-p", 0.95));
+  sampling.min_p = static_cast<float>(flags.Double("min-p", 0.0));
+  sampling.repetition_penalty = static_cast<float>(flags.Double("repetition-penalty", 1.0));
+  sampling.seed = static_cast<uint64_t>(flags.Int("seed", 0));
+  if (auto s = model::ValidateSamplingParams(sampling); !s.ok()) {
+    throw UsageError{std::string(s.message())};
+  }
+  const int64_t max_tokens = flags.Int("max-tokens", 64);
+  if (max_tokens <= 0) throw UsageError{"--max-tokens must be positive"};
+  auto sequence = OrFail(AnchorSequence::Create(run.llama.get(), run.sequence));
+  model::Sampler sampler(sampling);
+  model::StreamingDetokenizer detokenizer(run.tokenizer.get());
+  const auto& eos = run.llama->config().eos_token_ids;
+  std::vector<int32_t> history = run.prompt;
+  std::vector<float> logits = OrFail(sequence->Feed(run.prompt, /*all_logits=*/false));
+  int64_t generated = 0;
+  std::string finish = "length";
+  while (generated < max_tokens) {
+    const int32_t next = sampler.Sample(logits, history);
+    if (std::find(eos.begin(), eos.end(), next) != eos.end()) {
+      finish = "stop";
+      break;
+    }
+    history.push_back(next);
+    ++generated;
+    std::cout << detokenizer.Push(next) << std::flush;
+    logits = OrFail(sequence->Feed({&next, 1}, /*all_logits=*/false));
+  }
+  std::cout << detokenizer.Flush() << "\n";
+  const double reduction =
+      1.0 - static_cast<double>(sequence->kv_tokens()) / static_cast<double>(sequence->tokens_seen());
+  std::fprintf(stderr,
+               "[%s/%s] prompt %zu tokens, generated %lld (%s); kv kept %lld of %lld tokens "
+               "(C-down %.1f%%), anchors %lld\n",
+               std::string(model::AttentionModeName(run.sequence.mode)).c_str(),
+               std::string(model::PositionPolicyName(run.sequence.policy)).c_str(),
+               run.prompt.size(), static_cast<long long>(generated), finish.c_str(),
+               static_cast<long long>(sequence->kv_tokens()),
+               static_cast<long long>(sequence->tokens_seen()), 100.0 * reduction,
+               static_cast<long long>(sequence->anchors()));
+  return 0;
+}
+
+int RunTokenize(const Flags& flags) {
+  auto tokenizer = OrFail(model::Tokenizer::Load(flags.Required("model")));
+  const std::vector<int32_t> ids = tokenizer->Encode(flags.Required("text"), /*add_bos=*/true);
+  nlohmann::json j;
+  j["token_ids"] = ids;
+  std::vector<std::string> pieces;
+  for (int32_t id : ids) pieces.push_back(tokenizer->IdToPiece(id));
+  j["pieces"] = pieces;
+  std::cout << j.dump() << "\n";
+  return 0;
+}
+
+int RunInitModel(const Flags& flags) {
+  model::DefaultModelOptions options;
+  options.out_dir = flags.Required("out");
+  options.seed = static_cast<uint64_t>(flags.Int("seed", 0));
+  OrFail(model::WriteDefaultModel(options));
+  std::cerr << "anchor-eval: wrote the default model to " << options.out_dir << std::endl;
+  return 0;
+}
+
+int RunConvert(const Flags& flags) {
+  const int64_t shard_mb = flags.Int("shard-mb", 2048);
+  if (shard_mb <= 0) throw UsageError{"--shard-mb must be positive"};
+  OrFail(model::ConvertTorchCheckpoint(flags.Required("from"), flags.Required("to"),
+                                       static_cast<size_t>(shard_mb) << 20));
+  std::cerr << "anchor-eval: converted to " << flags.Get("to") << std::endl;
+  return 0;
+}
+
+constexpr char kUsage[] =
+    "usage: anchor-eval <logits|generate|tokenize|init-model|convert> [flags]; see README.md";
+
+int Main(int argc, char** argv) {
+  try {
+    if (argc < 2) throw UsageError{"missing subcommand"};
+    const std::string command = argv[1];
+    if (command == "logits") {
+      return RunLogits(Flags(argc, argv, 2, kRunFlags, {"json"}));
+    }
+    if (command == "generate") {
+      std::set<std::string> known = kRunFlags;
+      known.insert({"max-tokens", "temperature", "top-k", "top-p", "min-p", "repetition-penalty",
+                    "seed"});
+      return RunGenerate(Flags(argc, argv, 2, known, {}));
+    }
+    if (command == "tokenize") return RunTokenize(Flags(argc, argv, 2, {"model", "text"}, {}));
+    if (command == "init-model") return RunInitModel(Flags(argc, argv, 2, {"out", "seed"}, {}));
+    if (command == "convert") {
+      return RunConvert(Flags(argc, argv, 2, {"from", "to", "shard-mb"}, {}));
+    }
+    if (command == "--help" || command == "help") {
+      std::cout << kUsage << "\n";
+      return 0;
+    }
+    throw UsageError{"unknown subcommand \"" + command + "\""};
+  } catch (const UsageError& e) {
+    std::cerr << "anchor-eval: " << e.message << " (" << kUsage << ")" << std::endl;
+    return kExitUsage;
+  } catch (const Failure& f) {
+    std::cerr << "anchor-eval: " << f.status.message() << std::endl;
+    return kExitFailure;
+  }
+}
+
+}  // namespace
+}  // namespace anchorserve::eval
+
+int main(int argc, char** argv) { return anchorserve::eval::Main(argc, argv); }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Configures and builds AnchorServe (Release, Ninja, ccache) into ${BUILD_DIR:-build}.
+# Re-running rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR="${BUILD_DIR:-build}"
+JOBS="${JOBS:-$(nproc)}"
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" "$@"
+fi
+cmake --build "$BUILD_DIR" -j "$JOBS"

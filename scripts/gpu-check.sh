@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One device command: build against the GPU machine's CUDA libtorch, run the whole test
+# suite there (the GPU-only tests run instead of skipping), run the benchmarks, print a table.
+#
+#   ../shared/tools/device-deps.sh            # once, here: stages gRPC & co. into .device-deps
+#   device run: carry=[".device-deps"], command="bash scripts/gpu-check.sh"
+#
+# Full logs go to $OUT (the device tool brings them back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu-check}"
+mkdir -p "$OUT"
+source .device-deps/env.sh
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+step() { echo "== $* ($(($(date +%s) - t0)) s)"; }
+
+step configure
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/configure.log" 2>&1 \
+  || { tail -40 "$OUT/configure.log"; exit 1; }
+grep -E "AnchorServe:" "$OUT/configure.log"
+step build
+ninja -C build-gpu -j 16 >"$OUT/build.log" 2>&1 || { grep -B2 -A12 "error" "$OUT/build.log" | head -80; exit 1; }
+
+step tests
+ctest --test-dir build-gpu -j 4 --output-on-failure >"$OUT/ctest.log" 2>&1
+tests_rc=$?
+grep -E "tests passed|tests failed|Failed|\*\*\*" "$OUT/ctest.log" | head -30
+build-gpu/tests/llama_test --gtest_filter='*Gpu*:*Bf16*' 2>&1 | grep -E "OK|FAILED|SKIPPED|max \|diff\|" | head
+
+step "HF transformers loads our default model"
+build-gpu/bin/anchor-eval init-model --out build-gpu/models/default >/dev/null 2>&1
+python3 scripts/device/hf_check_default.py build-gpu/models/default build-gpu/bin/anchor-eval \
+  2>&1 | tail -3
+
+step benchmarks
+{
+  build-gpu/bin/model_bench --shape tiny --device cuda --dtype bfloat16 --prompt 128 --decode 64
+  build-gpu/bin/model_bench --shape 7b --device cuda --dtype bfloat16 --prompt 512 --decode 32
+} 2>"$OUT/bench.err" | tee "$OUT/bench.md"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$OUT/bench.md"
+step done
+exit $tests_rc
