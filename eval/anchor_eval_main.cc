@@ -6,6 +6,7 @@
 //   anchor-eval generate --model DIR --text "..." [--max-tokens N] [--temperature T] [--top-k K]
 //                        [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]
 //                        [--mode ...] [--policy ...] [--device ...] [--dtype ...]
+//                        [--anchor-insertion auto|none]   (auto: <AC> at sentence ends, AC models)
 //   anchor-eval tokenize --model DIR --text "..."
 //   anchor-eval init-model --out DIR [--seed N]
 //   anchor-eval convert  --from DIR --to DIR [--shard-mb 2048]
@@ -30,6 +31,7 @@
 #include "model/default_model.h"
 #include "model/llama.h"
 #include "model/sampling.h"
+#include "model/sentence_splitter.h"
 #include "model/tokenizer.h"
 
 namespace anchorserve::eval {
@@ -121,8 +123,9 @@ void OrFail(const absl::Status& s) {
   if (!s.ok()) throw Failure{s};
 }
 
-const std::set<std::string> kRunFlags = {"model", "token-ids", "text", "mode", "policy",
-                                         "anchor-ids", "device", "dtype", "threads"};
+const std::set<std::string> kRunFlags = {"model",      "token-ids", "text",   "mode",
+                                         "policy",     "anchor-ids", "device", "dtype",
+                                         "threads",    "anchor-insertion"};
 
 // Everything logits/generate share: the model, its tokenizer (optional), the sequence options.
 struct Loaded {
@@ -168,7 +171,21 @@ Loaded LoadForRun(const Flags& flags) {
   } else {
     out.sequence.anchors = OrFail(model::DetectAnchors(dir, config, out.tokenizer.get()));
   }
-  if (flags.Has("text")) out.prompt = out.tokenizer->Encode(flags.Get("text"), /*add_bos=*/true);
+  if (flags.Has("text")) {
+    std::string text = flags.Get("text");
+    // AC models saw <AC> after every sentence in training; `auto` inserts it the way the
+    // server does, with the trainer's sentence splitter. `none` leaves the text as written.
+    const std::string insertion = flags.Get("anchor-insertion", "none");
+    if (insertion != "auto" && insertion != "none") {
+      throw UsageError{"--anchor-insertion must be auto or none"};
+    }
+    if (insertion == "auto" && out.sequence.anchors.kind == model::AnchorKind::kAc &&
+        text.find(out.sequence.anchors.anchor_token) == std::string::npos) {
+      text = model::InsertAnchorsAtSentenceEnds(text, out.sequence.anchors.anchor_token,
+                                                /*always_close_last=*/false);
+    }
+    out.prompt = out.tokenizer->Encode(text, /*add_bos=*/true);
+  }
   for (int32_t id : out.prompt) {
     if (id >= config.vocab_size) {
       throw UsageError{absl::StrCat("--token-ids: ", id, " is outside the vocabulary [0, ",

@@ -13,7 +13,7 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
 fi
 PROMPT="${1:-The old captain opened the letter. He read it twice, and then he}"
 echo "== anchor-eval generate --model $MODEL_DIR (anchor mode, random-weight default model)"
-"$BUILD_DIR/bin/anchor-eval" generate --model "$MODEL_DIR" --text "$PROMPT" --max-tokens 48 --seed 1
+"$BUILD_DIR/bin/anchor-eval" generate --model "$MODEL_DIR" --text "$PROMPT" --max-tokens 48 --seed 1 --anchor-insertion auto
 cat <<MSG
 
 The default model has random weights until a trained one is committed, so its text is noise;
