@@ -27,11 +27,20 @@ ctest --test-dir build-gpu -j 4 --output-on-failure >"$OUT/ctest.log" 2>&1
 tests_rc=$?
 grep -E "tests passed|tests failed|Failed|\*\*\*" "$OUT/ctest.log" | head -30
 build-gpu/tests/llama_test --gtest_filter='*Gpu*:*Bf16*' 2>&1 | grep -E "OK|FAILED|SKIPPED|max \|diff\|" | head
+if grep -q "SEGFAULT" "$OUT/ctest.log"; then  # a backtrace of the first crashing test
+  crashed=$(grep -m1 -oE "[0-9]+ - [A-Za-z0-9_./]+ \(SEGFAULT\)" "$OUT/ctest.log" | awk '{print $3}')
+  file=$(grep -l -- "$crashed" build-gpu/tests/*/*_tests.cmake | head -1)
+  bin=$(grep -m1 -oE "[^ ]*/build-gpu/tests/[a-z_]+" "$file" | head -1)
+  echo "backtrace of $crashed ($bin); spm tools: $(command -v spm_train spm_encode | tr '\n' ' ')"
+  cuda-gdb -batch -ex run -ex bt --args "$bin" --gtest_filter="$crashed" 2>&1 | grep -E "^#|signal" | head -15
+fi
 
 step "HF transformers loads our default model"
-build-gpu/bin/anchor-eval init-model --out build-gpu/models/default >/dev/null 2>&1
-python3 scripts/device/hf_check_default.py build-gpu/models/default build-gpu/bin/anchor-eval \
-  2>&1 | tail -3
+# init-model trains its tokenizer with Debian's spm_train, which the GPU image may lack; a
+# model written on the dev machine can be carried in .device-model/default instead.
+model=build-gpu/models/default
+build-gpu/bin/anchor-eval init-model --out "$model" >/dev/null 2>&1 || model=.device-model/default
+python3 scripts/device/hf_check_default.py "$model" build-gpu/bin/anchor-eval 2>&1 | tail -3
 
 step benchmarks
 {

@@ -177,56 +177,75 @@ TEST(LlamaForwardTest, RejectsIdsOutsideVocabulary) {
   EXPECT_EQ(logits.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// bf16 on the device against the fp32 CPU result (runs only where a GPU is visible).
-TEST(LlamaForwardTest, Bf16OnGpuTracksFp32Cpu) {
-  if (!CudaAvailable()) GTEST_SKIP() << "no GPU in this build or machine";
-  const std::string dir = TestData("hf_tiny_mha");
-  auto cpu = LlamaModel::Load(dir, LoadOptions{});
-  LoadOptions gpu_options;
-  gpu_options.device = Device::kCuda;
-  gpu_options.precision = Precision::kBFloat16;
-  auto gpu = LlamaModel::Load(dir, gpu_options);
-  ASSERT_TRUE(cpu.ok() && gpu.ok());
-  const nlohmann::json fixture = ReadJson(dir + "/logits.json");
-  const auto ids = fixture["token_ids"].get<std::vector<int32_t>>();
-  const AnchorSpec spec = CustomAnchors({5}, 1);
-  const AttentionMask mask = BuildAnsanMask(ids, spec);
-  auto a = (*cpu)->ForwardFull(ids, Positions(ids.size()), mask);
-  auto b = (*gpu)->ForwardFull(ids, Positions(ids.size()), mask);
+// bf16 on the GPU against fp32 on the CPU. The model is the bf16 checkpoint (converted from
+// the released .bin layout), so both sides hold the same weights and the difference is the
+// bf16 arithmetic alone, not the rounding of the weights. Runs only where a GPU is visible.
+class Bf16GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CudaAvailable()) GTEST_SKIP() << "no GPU in this build or machine";
+    dir_ = ::testing::TempDir() + "/bf16_weights";
+    std::filesystem::remove_all(dir_);
+    ASSERT_TRUE(ConvertTorchCheckpoint(TestData("hf_tiny_bin"), dir_, 1 << 20).ok());
+    auto cpu = LlamaModel::Load(dir_, LoadOptions{});
+    LoadOptions gpu_options;
+    gpu_options.device = Device::kCuda;
+    gpu_options.precision = Precision::kBFloat16;
+    auto gpu = LlamaModel::Load(dir_, gpu_options);
+    ASSERT_TRUE(cpu.ok() && gpu.ok());
+    cpu_ = *std::move(cpu);
+    gpu_ = *std::move(gpu);
+    fixture_ = ReadJson(TestData("hf_tiny_bin/logits.json"));
+  }
+
+  // bf16 keeps 8 significant bits, so the error scales with the logits: the bound is the
+  // issue's 2e-2 per unit of the largest |logit| (docs/DECISIONS.md), plus METHOD.md's bf16
+  // band for the relative L2 error.
+  static void ExpectClose(const char* what, const std::vector<float>& got,
+                          const std::vector<float>& reference) {
+    double scale = 0, diff2 = 0, ref2 = 0;
+    for (size_t i = 0; i < reference.size(); ++i) {
+      scale = std::max(scale, static_cast<double>(std::fabs(reference[i])));
+      diff2 += (got[i] - reference[i]) * static_cast<double>(got[i] - reference[i]);
+      ref2 += reference[i] * static_cast<double>(reference[i]);
+    }
+    const double worst = MaxAbsDiff(got, reference);
+    const double relative_l2 = std::sqrt(diff2 / ref2);
+    std::printf("%s: max |diff| = %.4g, max |logit| = %.3g, relative L2 = %.3g\n", what, worst,
+                scale, relative_l2);
+    EXPECT_LE(worst, 2e-2 * std::max(1.0, scale));
+    EXPECT_LE(relative_l2, 1e-2);
+  }
+
+  std::string dir_;
+  std::unique_ptr<LlamaModel> cpu_, gpu_;
+  nlohmann::json fixture_;
+};
+
+TEST_F(Bf16GpuTest, MaskedForwardTracksFp32Cpu) {
+  const auto ids = fixture_["token_ids"].get<std::vector<int32_t>>();
+  const AttentionMask mask = BuildAnsanMask(ids, CustomAnchors({5}, 1));
+  auto a = cpu_->ForwardFull(ids, Positions(ids.size()), mask);
+  auto b = gpu_->ForwardFull(ids, Positions(ids.size()), mask);
   ASSERT_TRUE(a.ok() && b.ok());
-  double scale = 0;
-  for (float v : *a) scale = std::max(scale, static_cast<double>(std::fabs(v)));
-  EXPECT_LE(MaxAbsDiff(*a, *b), 2e-2 * std::max(1.0, scale));
+  ExpectClose("bf16 GPU masked forward vs fp32 CPU", *b, *a);
 }
 
-// bf16 on the GPU through the anchor-cached incremental path against the fp32 CPU masked
-// forward: the 2e-2 bound, on the fixture model whose logits are O(1).
-TEST(LlamaForwardTest, Bf16GpuAnchorPathTracksFp32Cpu) {
-  if (!CudaAvailable()) GTEST_SKIP() << "no GPU in this build or machine";
-  const std::string dir = TestData("hf_tiny_mha");
-  auto cpu = LlamaModel::Load(dir, LoadOptions{});
-  LoadOptions gpu_options;
-  gpu_options.device = Device::kCuda;
-  gpu_options.precision = Precision::kBFloat16;
-  auto gpu = LlamaModel::Load(dir, gpu_options);
-  ASSERT_TRUE(cpu.ok() && gpu.ok());
-  const nlohmann::json fixture = ReadJson(dir + "/logits.json");
-  const auto ids = fixture["causal_token_ids"].get<std::vector<int32_t>>();
+TEST_F(Bf16GpuTest, AnchorCachedPathTracksFp32Cpu) {
+  const auto ids = fixture_["causal_token_ids"].get<std::vector<int32_t>>();
   SequenceOptions options;
   options.anchors = CustomAnchors({5}, 1);
-  auto reference = (*cpu)->ForwardFull(ids, Positions(ids.size()), BuildAnsanMask(ids, options.anchors));
+  auto reference =
+      cpu_->ForwardFull(ids, Positions(ids.size()), BuildAnsanMask(ids, options.anchors));
   ASSERT_TRUE(reference.ok());
-  auto seq = AnchorSequence::Create(gpu->get(), options);
-  const int64_t vocab = (*cpu)->config().vocab_size;
-  double worst = 0;
+  auto seq = AnchorSequence::Create(gpu_.get(), options);
+  std::vector<float> got;
   for (size_t i = 0; i < ids.size(); ++i) {
     auto logits = (*seq)->Feed({&ids[i], 1}, false);
     ASSERT_TRUE(logits.ok()) << logits.status();
-    worst = std::max(worst, MaxAbsDiff(*logits, Row(*reference, vocab, i)));
+    got.insert(got.end(), logits->begin(), logits->end());
   }
-  RecordProperty("max_abs_diff", std::to_string(worst));
-  std::printf("bf16 GPU anchor path vs fp32 CPU: max |diff| = %.4g\n", worst);
-  EXPECT_LE(worst, 2e-2);
+  ExpectClose("bf16 GPU anchor-cached decode vs fp32 CPU masked forward", got, *reference);
 }
 
 }  // namespace
