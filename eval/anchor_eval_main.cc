@@ -5,6 +5,7 @@
 //                        [--device cpu|cuda] [--dtype float32|bfloat16] [--json]
 //   anchor-eval generate --model DIR --text "..." [--max-tokens N] [--temperature T] [--top-k K]
 //                        [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]
+//                        [--stop-ids 2,13]
 //                        [--mode ...] [--policy ...] [--device ...] [--dtype ...]
 //                        [--anchor-insertion auto|none]   (auto: <AC> at sentence ends, AC models)
 //   anchor-eval tokenize --model DIR --text "..."
@@ -251,14 +252,20 @@ int RunGenerate(const Flags& flags) {
   auto sequence = OrFail(AnchorSequence::Create(run.llama.get(), run.sequence));
   model::Sampler sampler(sampling);
   model::StreamingDetokenizer detokenizer(run.tokenizer.get());
-  const auto& eos = run.llama->config().eos_token_ids;
+  // Stop on EOS and on any --stop-ids; the stop token itself is not emitted.
+  std::vector<int32_t> stop_ids = run.llama->config().eos_token_ids;
+  if (flags.Has("stop-ids")) {
+    for (int32_t id : OrUsage(model::ParseIdList(flags.Get("stop-ids"), "stop-ids"), "stop-ids")) {
+      stop_ids.push_back(id);
+    }
+  }
   std::vector<int32_t> history = run.prompt;
   std::vector<float> logits = OrFail(sequence->Feed(run.prompt, /*all_logits=*/false));
   int64_t generated = 0;
   std::string finish = "length";
   while (generated < max_tokens) {
     const int32_t next = sampler.Sample(logits, history);
-    if (std::find(eos.begin(), eos.end(), next) != eos.end()) {
+    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) {
       finish = "stop";
       break;
     }
@@ -325,7 +332,7 @@ int Main(int argc, char** argv) {
     if (command == "generate") {
       std::set<std::string> known = kRunFlags;
       known.insert({"max-tokens", "temperature", "top-k", "top-p", "min-p", "repetition-penalty",
-                    "seed"});
+                    "seed", "stop-ids"});
       return RunGenerate(Flags(argc, argv, 2, known, {}));
     }
     if (command == "tokenize") return RunTokenize(Flags(argc, argv, 2, {"model", "text"}, {}));
