@@ -53,7 +53,8 @@ double Now() {
 // Token stream with an anchor (id 13) closing every 25-token sentence.
 std::vector<int32_t> Stream(int64_t n, int64_t vocab) {
   std::vector<int32_t> ids(n);
-  for (int64_t i = 0; i < n; ++i) ids[i] = (i % 25 == 24) ? 13 : static_cast<int32_t>(100 + (i * 7919) % (vocab - 100));
+  for (int64_t i = 0; i < n; ++i)
+    ids[i] = (i % 25 == 24) ? 13 : static_cast<int32_t>(100 + (i * 7919) % (vocab - 100));
   ids[0] = 1;
   return ids;
 }
@@ -98,12 +99,18 @@ int Main(int argc, char** argv) {
   int threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--shape") shape = v;
-    else if (k == "--device") device = v;
-    else if (k == "--dtype") dtype = v;
-    else if (k == "--prompt") prompt = std::stoll(v);
-    else if (k == "--decode") decode = std::stoll(v);
-    else if (k == "--threads") threads = std::stoi(v);
+    if (k == "--shape")
+      shape = v;
+    else if (k == "--device")
+      device = v;
+    else if (k == "--dtype")
+      dtype = v;
+    else if (k == "--prompt")
+      prompt = std::stoll(v);
+    else if (k == "--decode")
+      decode = std::stoll(v);
+    else if (k == "--threads")
+      threads = std::stoi(v);
     else {
       std::fprintf(stderr, "model_bench: unknown flag %s\n", k.c_str());
       return 2;
@@ -122,9 +129,10 @@ int Main(int argc, char** argv) {
   }
   const double bandwidth = model::MeasureCopyBandwidth(options.device, 1LL << 30);
   const double floor_ms = 1e3 * static_cast<double>((*llama)->WeightBytes()) / bandwidth;
-  std::printf("| shape | device | dtype | mode | prefill tok/s (L=%lld) | decode tok/s (b=1) | "
-              "step ms | floor ms | step/floor | kept KV |\n",
-              static_cast<long long>(prompt));
+  std::printf(
+      "| shape | device | dtype | mode | prefill tok/s (L=%lld) | decode tok/s (b=1) | "
+      "step ms | floor ms | step/floor | kept KV |\n",
+      static_cast<long long>(prompt));
   std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
   for (AttentionMode mode : {AttentionMode::kFull, AttentionMode::kAnchor}) {
     std::fprintf(stderr, "model_bench: %s mode...\n",

@@ -9,10 +9,10 @@
 #define ANCHORSERVE_CONCAT_(a, b) ANCHORSERVE_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define RETURN_IF_ERROR(expr)                       \
-  do {                                              \
-    ::absl::Status _status_ = (expr);               \
-    if (!_status_.ok()) return _status_;            \
+#define RETURN_IF_ERROR(expr)            \
+  do {                                   \
+    ::absl::Status _status_ = (expr);    \
+    if (!_status_.ok()) return _status_; \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, MakeX());` declares/assigns `x` from an absl::StatusOr or

@@ -12,7 +12,8 @@ namespace anchorserve::model {
 absl::StatusOr<AttentionMode> ParseAttentionMode(absl::string_view name) {
   if (name == "full") return AttentionMode::kFull;
   if (name == "anchor") return AttentionMode::kAnchor;
-  return absl::InvalidArgumentError(absl::StrCat("mode must be full or anchor, got \"", name, "\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat("mode must be full or anchor, got \"", name, "\""));
 }
 
 absl::StatusOr<PositionPolicy> ParsePositionPolicy(absl::string_view name) {
@@ -36,7 +37,7 @@ AnchorSequence::AnchorSequence(const LlamaModel* model, SequenceOptions options)
 AnchorSequence::~AnchorSequence() = default;
 
 absl::StatusOr<std::unique_ptr<AnchorSequence>> AnchorSequence::Create(const LlamaModel* model,
-                                                                      SequenceOptions options) {
+                                                                       SequenceOptions options) {
   if (model == nullptr) return absl::InvalidArgumentError("model must not be null");
   return std::unique_ptr<AnchorSequence>(new AnchorSequence(model, std::move(options)));
 }
@@ -53,21 +54,19 @@ absl::StatusOr<std::vector<float>> AnchorSequence::Feed(absl::Span<const int32_t
     }
   }
   const int64_t p = kv_tokens();
-  const int64_t first_position =
-      options_.policy == PositionPolicy::kAbsolute ? tokens_seen_ : p;
+  const int64_t first_position = options_.policy == PositionPolicy::kAbsolute ? tokens_seen_ : p;
   if (first_position + s > config.max_position_embeddings) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "position ", first_position + s - 1, " would reach max_position_embeddings (",
-        config.max_position_embeddings, ") of the model under the ",
-        PositionPolicyName(options_.policy), " position policy"));
+    return absl::OutOfRangeError(
+        absl::StrCat("position ", first_position + s - 1, " would reach max_position_embeddings (",
+                     config.max_position_embeddings, ") of the model under the ",
+                     PositionPolicyName(options_.policy), " position policy"));
   }
   const bool anchor_mode = options_.mode == AttentionMode::kAnchor;
   const AnchorSpec& spec = options_.anchors;
 
   // Mask [S, P + S]: the cached columns first, then the chunk.
   std::vector<uint8_t> allowed(static_cast<size_t>(s * (p + s)), 0);
-  const AttentionMask chunk_mask =
-      anchor_mode ? BuildAnsanMask(ids, spec) : BuildCausalMask(s);
+  const AttentionMask chunk_mask = anchor_mode ? BuildAnsanMask(ids, spec) : BuildCausalMask(s);
   bool anchor_before = false;  // an anchor at a smaller chunk index closed the cached sentence
   for (int64_t i = 0; i < s; ++i) {
     const bool row_anchor = anchor_mode && spec.IsAnchor(ids[i]);
@@ -98,8 +97,9 @@ absl::StatusOr<std::vector<float>> AnchorSequence::Feed(absl::Span<const int32_t
     for (int64_t i = 0; i < s; ++i) pos64[i] = first_position + i;
     at::Tensor id_t = at::tensor(id64).to(device);
     at::Tensor pos_t = at::tensor(pos64).to(device);
-    at::Tensor mask = at::from_blob(allowed.data(), {s, p + s}, at::TensorOptions().dtype(at::kByte))
-                          .to(device, at::kBool, false, true);
+    at::Tensor mask =
+        at::from_blob(allowed.data(), {s, p + s}, at::TensorOptions().dtype(at::kByte))
+            .to(device, at::kBool, false, true);
     std::vector<LayerKV> present;
     at::Tensor hidden = impl.ForwardHidden(id_t, pos_t, kv_, mask, &present);
     at::Tensor logits = all_logits ? impl.Logits(hidden) : impl.Logits(hidden.narrow(0, s - 1, 1));

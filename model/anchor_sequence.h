@@ -25,8 +25,8 @@ enum class AttentionMode { kFull, kAnchor };
 // positions go backwards after each reduction).
 enum class PositionPolicy { kAbsolute, kCompact };
 
-absl::StatusOr<AttentionMode> ParseAttentionMode(absl::string_view name);     // full | anchor
-absl::StatusOr<PositionPolicy> ParsePositionPolicy(absl::string_view name);   // absolute | compact
+absl::StatusOr<AttentionMode> ParseAttentionMode(absl::string_view name);    // full | anchor
+absl::StatusOr<PositionPolicy> ParsePositionPolicy(absl::string_view name);  // absolute | compact
 absl::string_view AttentionModeName(AttentionMode mode);
 absl::string_view PositionPolicyName(PositionPolicy policy);
 

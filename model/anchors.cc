@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -27,8 +26,8 @@ absl::StatusOr<AnchorKind> ParseKind(absl::string_view name, absl::string_view f
   if (name == "ac") return AnchorKind::kAc;
   if (name == "ep") return AnchorKind::kEp;
   if (name == "custom") return AnchorKind::kCustom;
-  return absl::InvalidArgumentError(absl::StrCat(
-      file, ": anchor_type must be one of none|ac|ep|custom, got \"", name, "\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat(file, ": anchor_type must be one of none|ac|ep|custom, got \"", name, "\""));
 }
 
 absl::StatusOr<AnchorSpec> ReadAnchorConfig(const std::string& path) {
@@ -69,9 +68,8 @@ absl::StatusOr<AnchorSpec> ReadAnchorConfig(const std::string& path) {
     spec.anchor_token = j["anchor_token"].get<std::string>();
   }
   if (spec.kind != AnchorKind::kNone && spec.token_ids.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": anchor_type ", AnchorKindName(spec.kind),
-                     " needs a non-empty anchor_token_ids"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": anchor_type ", AnchorKindName(spec.kind), " needs a non-empty anchor_token_ids"));
   }
   SortUnique(spec.token_ids);
   return spec;
@@ -81,10 +79,14 @@ absl::StatusOr<AnchorSpec> ReadAnchorConfig(const std::string& path) {
 
 absl::string_view AnchorKindName(AnchorKind kind) {
   switch (kind) {
-    case AnchorKind::kNone: return "none";
-    case AnchorKind::kAc: return "ac";
-    case AnchorKind::kEp: return "ep";
-    case AnchorKind::kCustom: return "custom";
+    case AnchorKind::kNone:
+      return "none";
+    case AnchorKind::kAc:
+      return "ac";
+    case AnchorKind::kEp:
+      return "ep";
+    case AnchorKind::kCustom:
+      return "custom";
   }
   return "none";
 }

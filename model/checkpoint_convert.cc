@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -30,8 +29,8 @@ absl::StatusOr<std::vector<fs::path>> BinFiles(const fs::path& dir) {
   if (fs::exists(single)) return std::vector<fs::path>{single};
   const fs::path index = dir / "pytorch_model.bin.index.json";
   if (!fs::exists(index)) {
-    return absl::NotFoundError(
-        absl::StrCat(dir.string(), " has neither pytorch_model.bin nor pytorch_model.bin.index.json"));
+    return absl::NotFoundError(absl::StrCat(
+        dir.string(), " has neither pytorch_model.bin nor pytorch_model.bin.index.json"));
   }
   ASSIGN_OR_RETURN(std::string text, ReadFile(index));
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
@@ -51,13 +50,16 @@ absl::StatusOr<std::vector<fs::path>> BinFiles(const fs::path& dir) {
 
 absl::StatusOr<DType> DTypeOf(const at::Tensor& t, const std::string& name, const fs::path& file) {
   switch (t.scalar_type()) {
-    case at::kFloat: return DType::kF32;
-    case at::kHalf: return DType::kF16;
-    case at::kBFloat16: return DType::kBF16;
+    case at::kFloat:
+      return DType::kF32;
+    case at::kHalf:
+      return DType::kF16;
+    case at::kBFloat16:
+      return DType::kBF16;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(file.string(), ": tensor ", name, " has dtype ",
-                                                     std::string(c10::toString(t.scalar_type())),
-                                                     "; expected float32, float16 or bfloat16"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.string(), ": tensor ", name, " has dtype ",
+          std::string(c10::toString(t.scalar_type())), "; expected float32, float16 or bfloat16"));
   }
 }
 
@@ -69,7 +71,8 @@ absl::Status ConvertTorchCheckpoint(const std::string& from_dir, const std::stri
   ASSIGN_OR_RETURN(std::vector<fs::path> files, BinFiles(from));
   std::error_code ec;
   fs::create_directories(to, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", to.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", to.string(), ": ", ec.message()));
 
   std::vector<TensorData> tensors;
   for (const fs::path& file : files) {
@@ -79,8 +82,9 @@ absl::Status ConvertTorchCheckpoint(const std::string& from_dir, const std::stri
       value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
     } catch (const std::exception& e) {
       std::string message = e.what();
-      return absl::DataLossError(absl::StrCat(file.string(), ": not a readable torch.save archive: ",
-                                              message.substr(0, message.find('\n'))));
+      return absl::DataLossError(absl::StrCat(
+          file.string(),
+          ": not a readable torch.save archive: ", message.substr(0, message.find('\n'))));
     }
     if (!value.isGenericDict()) {
       return absl::InvalidArgumentError(
@@ -104,9 +108,9 @@ absl::Status ConvertTorchCheckpoint(const std::string& from_dir, const std::stri
   std::vector<const TensorData*> refs;
   for (const TensorData& t : tensors) refs.push_back(&t);
   RETURN_IF_ERROR(WriteShardedSafetensors(to.string(), refs, max_shard_bytes, {{"format", "pt"}}));
-  for (const char* name : {"config.json", "tokenizer.model", "added_tokens.json",
-                           "special_tokens_map.json", "tokenizer_config.json",
-                           "generation_config.json", "anchor_config.json"}) {
+  for (const char* name :
+       {"config.json", "tokenizer.model", "added_tokens.json", "special_tokens_map.json",
+        "tokenizer_config.json", "generation_config.json", "anchor_config.json"}) {
     if (!fs::exists(from / name)) continue;
     fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing, ec);
     if (ec) {

@@ -37,20 +37,21 @@ class SplitMix {
 };
 
 constexpr const char* kNouns[] = {
-    "river", "house", "garden", "letter", "window", "morning", "captain", "village", "forest",
-    "road", "ship", "friend", "mother", "father", "child", "king", "queen", "table", "door",
-    "mountain", "city", "story", "book", "horse", "bird", "dog", "teacher", "doctor", "market",
-    "storm", "light", "voice", "heart", "night", "winter", "summer", "island", "bridge", "train",
-    "café", "garçon", "naïveté", "Zürich", "東京", "journey", "answer", "question", "machine"};
+    "river",  "house",   "garden",  "letter",   "window",  "morning", "captain",  "village",
+    "forest", "road",    "ship",    "friend",   "mother",  "father",  "child",    "king",
+    "queen",  "table",   "door",    "mountain", "city",    "story",   "book",     "horse",
+    "bird",   "dog",     "teacher", "doctor",   "market",  "storm",   "light",    "voice",
+    "heart",  "night",   "winter",  "summer",   "island",  "bridge",  "train",    "café",
+    "garçon", "naïveté", "Zürich",  "東京",     "journey", "answer",  "question", "machine"};
 constexpr const char* kVerbs[] = {
-    "saw", "found", "opened", "carried", "followed", "remembered", "wrote", "heard", "left",
-    "crossed", "painted", "watched", "asked", "answered", "built", "lost", "called", "reached",
-    "loved", "feared", "described", "counted", "measured", "explained"};
+    "saw",    "found",   "opened",  "carried", "followed",  "remembered", "wrote",    "heard",
+    "left",   "crossed", "painted", "watched", "asked",     "answered",   "built",    "lost",
+    "called", "reached", "loved",   "feared",  "described", "counted",    "measured", "explained"};
 constexpr const char* kAdjectives[] = {
-    "old", "small", "bright", "quiet", "cold", "green", "strange", "happy", "dark", "long",
-    "gentle", "heavy", "narrow", "golden", "early", "distant", "wooden", "careful"};
-constexpr const char* kNames[] = {"Mr. Brown", "Dr. Watson", "Mrs. Hale", "Anna", "Tom",
-                                  "J. R. Smith", "Prof. Lane", "St. John", "Maria", "Peter"};
+    "old",  "small",  "bright", "quiet",  "cold",   "green", "strange", "happy",  "dark",
+    "long", "gentle", "heavy",  "narrow", "golden", "early", "distant", "wooden", "careful"};
+constexpr const char* kNames[] = {"Mr. Brown",   "Dr. Watson", "Mrs. Hale", "Anna",  "Tom",
+                                  "J. R. Smith", "Prof. Lane", "St. John",  "Maria", "Peter"};
 constexpr const char* kLinks[] = {"and", "but", "while", "because", "when", "although", "so"};
 
 template <size_t N>
@@ -73,10 +74,17 @@ std::string Sentence(SplitMix& rng) {
     if (rng.Below(2) == 0) absl::StrAppend(&s, Pick(rng, kAdjectives), " ");
     absl::StrAppend(&s, Pick(rng, kNouns));
     switch (rng.Below(8)) {
-      case 0: absl::StrAppend(&s, " in ", 1800 + rng.Below(220)); break;
-      case 1: absl::StrAppend(&s, " for ", rng.Below(100), ".", rng.Below(100), " miles"); break;
-      case 2: absl::StrAppend(&s, " at ", 1 + rng.Below(12), " p.m."); break;
-      default: break;
+      case 0:
+        absl::StrAppend(&s, " in ", 1800 + rng.Below(220));
+        break;
+      case 1:
+        absl::StrAppend(&s, " for ", rng.Below(100), ".", rng.Below(100), " miles");
+        break;
+      case 2:
+        absl::StrAppend(&s, " at ", 1 + rng.Below(12), " p.m.");
+        break;
+      default:
+        break;
     }
   }
   s[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(s[0])));
@@ -139,7 +147,8 @@ absl::Status WriteDefaultModel(const DefaultModelOptions& options) {
   const fs::path dir(options.out_dir);
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
 
   const fs::path corpus = dir / "tokenizer-corpus.txt";
   RETURN_IF_ERROR(WriteText(corpus, SyntheticCorpus(options.seed, 400000)));

@@ -22,12 +22,16 @@ at::ScalarType ScalarTypeOf(Precision precision) {
 
 absl::StatusOr<at::ScalarType> ScalarTypeOf(DType dtype, absl::string_view tensor) {
   switch (dtype) {
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", tensor, " has dtype ", DTypeName(dtype), "; weights must be F32, F16 or BF16"));
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", tensor, " has dtype ",
+                                                     DTypeName(dtype),
+                                                     "; weights must be F32, F16 or BF16"));
   }
 }
 
@@ -141,7 +145,8 @@ at::Tensor LlamaImpl::ForwardHidden(const at::Tensor& ids, const at::Tensor& pos
     }
     const int64_t t = keys.size(1);
     // Query head kv*group + r uses kv head kv (HF repeat_kv order).
-    at::Tensor qg = q.view({s, kv_heads, group, d}).permute({1, 2, 0, 3}).reshape({kv_heads, group * s, d});
+    at::Tensor qg =
+        q.view({s, kv_heads, group, d}).permute({1, 2, 0, 3}).reshape({kv_heads, group * s, d});
     at::Tensor scores = at::matmul(qg, keys.transpose(1, 2)).mul_(scale);  // [kv, g*S, T]
     scores = scores.view({kv_heads, group, s, t}).to(at::kFloat);
     scores.masked_fill_(blocked, std::numeric_limits<float>::lowest());
@@ -171,7 +176,7 @@ LlamaModel::LlamaModel(ModelConfig config, LoadOptions options, std::unique_ptr<
 LlamaModel::~LlamaModel() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir,
-                                                            const LoadOptions& options) {
+                                                             const LoadOptions& options) {
   RETURN_IF_ERROR(CheckDevice(options));
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
@@ -239,9 +244,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
 }
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(const ModelConfig& config,
-                                                                    uint64_t seed,
-                                                                    const LoadOptions& options,
-                                                                    double init_std) {
+                                                                     uint64_t seed,
+                                                                     const LoadOptions& options,
+                                                                     double init_std) {
   RETURN_IF_ERROR(ValidateModelConfig(config));
   RETURN_IF_ERROR(CheckDevice(options));
   c10::InferenceMode guard;
@@ -278,7 +283,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(const Model
 }
 
 int64_t LlamaModel::WeightBytes() const {
-  auto bytes = [](const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); };
+  auto bytes = [](const at::Tensor& t) {
+    return t.numel() * static_cast<int64_t>(t.element_size());
+  };
   int64_t total = bytes(impl_->embed) + bytes(impl_->final_norm);
   if (!config_.tie_word_embeddings) total += bytes(impl_->lm_head);
   for (const LayerWeights& w : impl_->layers) {
@@ -288,9 +295,9 @@ int64_t LlamaModel::WeightBytes() const {
   return total;
 }
 
-absl::StatusOr<std::vector<float>> LlamaModel::ForwardFull(absl::Span<const int32_t> ids,
-                                                          absl::Span<const int32_t> positions,
-                                                          absl::Span<const uint8_t> allowed) const {
+absl::StatusOr<std::vector<float>> LlamaModel::ForwardFull(
+    absl::Span<const int32_t> ids, absl::Span<const int32_t> positions,
+    absl::Span<const uint8_t> allowed) const {
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n == 0) return absl::InvalidArgumentError("token_ids must not be empty");
   if (static_cast<int64_t>(positions.size()) != n) {
@@ -301,15 +308,16 @@ absl::StatusOr<std::vector<float>> LlamaModel::ForwardFull(absl::Span<const int3
   }
   for (int32_t id : ids) {
     if (id < 0 || id >= config_.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("token id ", id, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", id, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
     }
   }
   c10::InferenceMode guard;
   try {
     const at::Device device = impl_->options.device();
     at::Tensor id_t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end())).to(device);
-    at::Tensor pos_t = at::tensor(std::vector<int64_t>(positions.begin(), positions.end())).to(device);
+    at::Tensor pos_t =
+        at::tensor(std::vector<int64_t>(positions.begin(), positions.end())).to(device);
     at::Tensor mask = at::from_blob(const_cast<uint8_t*>(allowed.data()), {n, n},
                                     at::TensorOptions().dtype(at::kByte))
                           .to(device, at::kBool, false, true);
@@ -325,7 +333,8 @@ absl::StatusOr<std::vector<float>> LlamaModel::ForwardFull(absl::Span<const int3
 double MeasureCopyBandwidth(Device device, int64_t bytes) {
   c10::InferenceMode guard;
   const at::Device dev = device == Device::kCuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  at::Tensor src = at::empty({bytes / 4}, at::TensorOptions().dtype(at::kFloat).device(dev)).uniform_();
+  at::Tensor src =
+      at::empty({bytes / 4}, at::TensorOptions().dtype(at::kFloat).device(dev)).uniform_();
   at::Tensor dst = at::empty_like(src);
   dst.copy_(src);
   (void)dst[0].item<float>();  // warm-up and sync

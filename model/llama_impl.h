@@ -12,12 +12,12 @@
 namespace anchorserve::model {
 
 struct LayerWeights {
-  at::Tensor input_norm;   // [hidden]
-  at::Tensor wqkv;         // [(heads + 2 * kv_heads) * head_dim, hidden]: q, k, v stacked
-  at::Tensor wo;           // [hidden, heads * head_dim]
-  at::Tensor post_norm;    // [hidden]
-  at::Tensor w_gate_up;    // [2 * intermediate, hidden]: gate, up stacked
-  at::Tensor w_down;       // [hidden, intermediate]
+  at::Tensor input_norm;  // [hidden]
+  at::Tensor wqkv;        // [(heads + 2 * kv_heads) * head_dim, hidden]: q, k, v stacked
+  at::Tensor wo;          // [hidden, heads * head_dim]
+  at::Tensor post_norm;   // [hidden]
+  at::Tensor w_gate_up;   // [2 * intermediate, hidden]: gate, up stacked
+  at::Tensor w_down;      // [hidden, intermediate]
 };
 
 // Keys (already rotated) and values of one layer: [kv_heads, tokens, head_dim].
@@ -31,9 +31,9 @@ struct LlamaImpl {
   at::TensorOptions options;  // dtype + device of weights and activations
   at::Tensor embed;           // [vocab, hidden]
   std::vector<LayerWeights> layers;
-  at::Tensor final_norm;      // [hidden]
-  at::Tensor lm_head;         // [vocab, hidden]; the embedding itself when tied
-  at::Tensor inv_freq;        // [head_dim / 2] fp32, on device
+  at::Tensor final_norm;  // [hidden]
+  at::Tensor lm_head;     // [vocab, hidden]; the embedding itself when tied
+  at::Tensor inv_freq;    // [head_dim / 2] fp32, on device
 
   // One forward step over S new tokens attending to `past` (per layer, P tokens each; empty
   // tensors for none) and to themselves. `positions`: int64 [S]. `allowed`: bool [S, P + S]

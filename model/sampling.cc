@@ -55,17 +55,15 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
     return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1), got ", p.min_p));
   }
   if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "repetition_penalty must be a finite number > 0, got ", p.repetition_penalty));
+    return absl::InvalidArgumentError(
+        absl::StrCat("repetition_penalty must be a finite number > 0, got ", p.repetition_penalty));
   }
   return absl::OkStatus();
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), state_(params.seed) {}
 
-double Sampler::NextUniform() {
-  return static_cast<double>(SplitMix64(state_) >> 11) * 0x1.0p-53;
-}
+double Sampler::NextUniform() { return static_cast<double>(SplitMix64(state_) >> 11) * 0x1.0p-53; }
 
 std::vector<double> Sampler::Distribution(absl::Span<const float> logits,
                                           absl::Span<const int32_t> history) const {

@@ -5,9 +5,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
-#include <cstdio>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -70,8 +70,8 @@ TEST(AnchorEvalTest, LogitsJsonMatchesTransformersInBothModes) {
   const nlohmann::json fixture = ReadJson(dir + "/logits.json");
   const auto ids = fixture["causal_token_ids"].get<std::vector<int32_t>>();
   for (const std::string& mode : std::vector<std::string>{"full", "anchor"}) {
-    const Outcome run = AnchorEval("logits --model " + dir + " --token-ids " + Ids(ids) + " --mode " +
-                               mode + " --anchor-ids 5 --json");
+    const Outcome run = AnchorEval("logits --model " + dir + " --token-ids " + Ids(ids) +
+                                   " --mode " + mode + " --anchor-ids 5 --json");
     ASSERT_EQ(run.exit_code, 0) << run.err;
     const nlohmann::json got = nlohmann::json::parse(run.out);
     ASSERT_EQ(got["logits"].size(), ids.size());
@@ -94,13 +94,14 @@ TEST(AnchorEvalTest, LogitsJsonMatchesTransformersInBothModes) {
 
 TEST(AnchorEvalTest, BadArgumentsExitTwoWithOneLine) {
   const std::string dir = TestData("hf_tiny_mha");
-  for (const std::string& args : std::vector<std::string>{"", "frobnicate", "logits --model " + dir, "logits --model " + dir + " --token-ids 1,x",
-        "logits --model " + dir + " --token-ids 1,2 --mode sideways",
-        "logits --model " + dir + " --token-ids 1,2 --policy nope",
-        "logits --model " + dir + " --token-ids 1,2 --dtype int8",
-        "logits --model " + dir + " --token-ids 1,2 --device tpu",
-        "logits --model " + dir + " --token-ids 1,999999",
-        "logits --model " + dir + " --token-ids 1,2 --bogus 3"}) {
+  for (const std::string& args : std::vector<std::string>{
+           "", "frobnicate", "logits --model " + dir, "logits --model " + dir + " --token-ids 1,x",
+           "logits --model " + dir + " --token-ids 1,2 --mode sideways",
+           "logits --model " + dir + " --token-ids 1,2 --policy nope",
+           "logits --model " + dir + " --token-ids 1,2 --dtype int8",
+           "logits --model " + dir + " --token-ids 1,2 --device tpu",
+           "logits --model " + dir + " --token-ids 1,999999",
+           "logits --model " + dir + " --token-ids 1,2 --bogus 3"}) {
     const Outcome run = AnchorEval(args);
     EXPECT_EQ(run.exit_code, 2) << args << "\n" << run.err;
     EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << args << "\n" << run.err;

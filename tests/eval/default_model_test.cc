@@ -7,10 +7,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "gtest/gtest.h"
 
@@ -76,7 +75,8 @@ std::string* DefaultModelTest::dir_ = nullptr;
 Outcome* DefaultModelTest::init_ = nullptr;
 
 TEST_F(DefaultModelTest, WritesAnAcModelDeterministically) {
-  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "anchor_config.json"}) {
+  for (const char* f :
+       {"config.json", "model.safetensors", "tokenizer.model", "anchor_config.json"}) {
     EXPECT_TRUE(std::filesystem::exists(*dir_ + "/" + f)) << f;
   }
   const std::string again = *dir_ + "_again";
@@ -130,7 +130,8 @@ TEST_F(DefaultModelTest, LogitsFromTextMatchTokenIds) {
   const Outcome by_ids = AnchorEval("logits --model " + *dir_ + " --token-ids " + ids + " --json");
   ASSERT_EQ(by_text.exit_code, 0) << by_text.err;
   ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
-  EXPECT_EQ(nlohmann::json::parse(by_text.out)["logits"], nlohmann::json::parse(by_ids.out)["logits"]);
+  EXPECT_EQ(nlohmann::json::parse(by_text.out)["logits"],
+            nlohmann::json::parse(by_ids.out)["logits"]);
 }
 
 }  // namespace

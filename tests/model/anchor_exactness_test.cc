@@ -53,7 +53,8 @@ class AnchorExactnessTest : public ::testing::Test {
       const int len = 1 + static_cast<int>(rng() % 9);
       for (int i = 0; i < len; ++i) {
         int32_t id;
-        do id = static_cast<int32_t>(8 + rng() % 56); while (id == kAnchor);
+        do id = static_cast<int32_t>(8 + rng() % 56);
+        while (id == kAnchor);
         ids.push_back(id);
       }
       ids.push_back(kAnchor);
@@ -101,7 +102,8 @@ TEST_F(AnchorExactnessTest, FullModeIsTheCausalForward) {
   auto reference = model_->ForwardFull(ids, Positions(ids.size()), BuildCausalMask(ids.size()));
   ASSERT_TRUE(reference.ok());
   for (std::vector<size_t> chunks : {std::vector<size_t>{}, {12}, {5, 9, 3}}) {
-    auto seq = AnchorSequence::Create(model_, Options(AttentionMode::kFull, PositionPolicy::kAbsolute));
+    auto seq =
+        AnchorSequence::Create(model_, Options(AttentionMode::kFull, PositionPolicy::kAbsolute));
     const std::vector<float> got = Incremental(**seq, ids, chunks);
     EXPECT_LE(MaxAbsDiff(got, *reference), kFp32Tolerance);
     EXPECT_EQ((*seq)->kv_tokens(), static_cast<int64_t>(ids.size()));
@@ -118,8 +120,8 @@ TEST_F(AnchorExactnessTest, AnchorModeIsTheAnsanMaskedForward) {
     // Token-by-token, a prompt prefill then decode, and uneven chunks across sentence ends.
     for (std::vector<size_t> chunks :
          {std::vector<size_t>{}, {ids.size() / 2}, {4, 11, 2, 7, 1, 13}}) {
-      auto seq =
-          AnchorSequence::Create(model_, Options(AttentionMode::kAnchor, PositionPolicy::kAbsolute));
+      auto seq = AnchorSequence::Create(model_,
+                                        Options(AttentionMode::kAnchor, PositionPolicy::kAbsolute));
       const std::vector<float> got = Incremental(**seq, ids, chunks);
       EXPECT_LE(MaxAbsDiff(got, *reference), kFp32Tolerance) << "seed " << seed;
     }
@@ -191,8 +193,10 @@ TEST_F(AnchorExactnessTest, CompactPolicyReproducesReferenceTrace) {
 
 TEST_F(AnchorExactnessTest, PoliciesAgreeUntilTheFirstReduction) {
   const std::vector<int32_t> ids = {1, 10, 11, 12, 13, 14};
-  auto a = AnchorSequence::Create(model_, Options(AttentionMode::kAnchor, PositionPolicy::kAbsolute));
-  auto c = AnchorSequence::Create(model_, Options(AttentionMode::kAnchor, PositionPolicy::kCompact));
+  auto a =
+      AnchorSequence::Create(model_, Options(AttentionMode::kAnchor, PositionPolicy::kAbsolute));
+  auto c =
+      AnchorSequence::Create(model_, Options(AttentionMode::kAnchor, PositionPolicy::kCompact));
   EXPECT_LE(MaxAbsDiff(Incremental(**a, ids, {}), Incremental(**c, ids, {})), 0.0);
 }
 

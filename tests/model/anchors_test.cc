@@ -24,7 +24,9 @@ std::string Varint(uint64_t v) {
 std::string Field(int number, const std::string& bytes) {
   return Varint(static_cast<uint64_t>(number) << 3 | 2) + Varint(bytes.size()) + bytes;
 }
-std::string IntField(int number, uint64_t v) { return Varint(static_cast<uint64_t>(number) << 3) + Varint(v); }
+std::string IntField(int number, uint64_t v) {
+  return Varint(static_cast<uint64_t>(number) << 3) + Varint(v);
+}
 
 // A Llama-like SentencePiece model: <unk> <s> </s>, byte pieces, then a few normal pieces
 // including the bare ".".
@@ -41,7 +43,10 @@ std::string LlamaLikeModel() {
     std::snprintf(name, sizeof(name), "<0x%02X>", b);
     piece(name, 6);
   }
-  for (const char* p : {"\xE2\x96\x81", ".", "a", "b", "\xE2\x96\x81" "a"}) piece(p, 1);
+  for (const char* p : {"\xE2\x96\x81", ".", "a", "b",
+                        "\xE2\x96\x81"
+                        "a"})
+    piece(p, 1);
   model += Field(2, IntField(3, 2) + IntField(35, 1) + IntField(40, 0) + IntField(41, 1) +
                         IntField(42, 2) + IntField(43, static_cast<uint64_t>(-1)));
   model += Field(3, Field(1, "identity") + IntField(3, 1) + IntField(4, 0));
@@ -68,8 +73,8 @@ constexpr int kSpSize = 3 + 256 + 5;
 TEST(DetectAnchorsTest, ReleasedAcLayout) {
   const std::string dir = MakeDir("ac");
   Write(dir + "/tokenizer.model", LlamaLikeModel());
-  Write(dir + "/added_tokens.json",
-        "{\"[PAD]\": " + std::to_string(kSpSize) + ", \"<AC>\": " + std::to_string(kSpSize + 1) + "}");
+  Write(dir + "/added_tokens.json", "{\"[PAD]\": " + std::to_string(kSpSize) +
+                                        ", \"<AC>\": " + std::to_string(kSpSize + 1) + "}");
   auto tokenizer = Tokenizer::Load(dir);
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   auto spec = DetectAnchors(dir, ConfigWithVocab(kSpSize + 2), tokenizer->get());

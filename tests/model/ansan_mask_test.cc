@@ -68,7 +68,9 @@ TEST(AnsanMaskTest, EmptyAnchorSetIsCausalWithoutPadMasking) {
 // agree with "non-anchor: earlier anchors + own sentence; anchor: own sentence".
 TEST(AnsanMaskTest, MatchesSentenceDefinitionOnRandomSequences) {
   uint64_t state = 42;
-  auto next = [&] { return (state = state * 6364136223846793005ULL + 1442695040888963407ULL) >> 33; };
+  auto next = [&] {
+    return (state = state * 6364136223846793005ULL + 1442695040888963407ULL) >> 33;
+  };
   for (int round = 0; round < 200; ++round) {
     const size_t n = 1 + next() % 40;
     std::vector<int32_t> ids(n);

@@ -39,8 +39,8 @@ void ExpectParity(const LlamaModel& model, const nlohmann::json& fixture) {
 
   ASSERT_TRUE(fixture.contains("ansan_logits"));
   const auto ids = fixture["token_ids"].get<std::vector<int32_t>>();
-  const AnchorSpec spec =
-      CustomAnchors(fixture["anchor_ids"].get<std::vector<int32_t>>(), fixture["pad_id"].get<int32_t>());
+  const AnchorSpec spec = CustomAnchors(fixture["anchor_ids"].get<std::vector<int32_t>>(),
+                                        fixture["pad_id"].get<int32_t>());
   auto ansan = model.ForwardFull(ids, Positions(ids.size()), BuildAnsanMask(ids, spec));
   ASSERT_TRUE(ansan.ok()) << ansan.status();
   // Pad rows included: both sides turn a fully blocked row into uniform attention.
@@ -86,8 +86,7 @@ TEST_P(HfParityTest, IncrementalPathsMatchTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(TinyModels, HfParityTest,
-                         ::testing::Values("hf_tiny_mha", "hf_tiny_gqa"));
+INSTANTIATE_TEST_SUITE_P(TinyModels, HfParityTest, ::testing::Values("hf_tiny_mha", "hf_tiny_gqa"));
 
 TEST(CheckpointConvertTest, ReleasedBinLayoutConvertsAndMatches) {
   const std::string out = ::testing::TempDir() + "/converted_bin";

@@ -120,8 +120,10 @@ TEST(SamplingTest, ValidationNamesTheField) {
     return std::string(ValidateSamplingParams(p).message());
   };
   EXPECT_TRUE(ValidateSamplingParams(SamplingParams{}).ok());
-  EXPECT_NE(bad([](SamplingParams& p) { p.temperature = -1; }).find("temperature"), std::string::npos);
-  EXPECT_NE(bad([](SamplingParams& p) { p.temperature = NAN; }).find("temperature"), std::string::npos);
+  EXPECT_NE(bad([](SamplingParams& p) { p.temperature = -1; }).find("temperature"),
+            std::string::npos);
+  EXPECT_NE(bad([](SamplingParams& p) { p.temperature = NAN; }).find("temperature"),
+            std::string::npos);
   EXPECT_NE(bad([](SamplingParams& p) { p.top_k = -2; }).find("top_k"), std::string::npos);
   EXPECT_NE(bad([](SamplingParams& p) { p.top_p = 0; }).find("top_p"), std::string::npos);
   EXPECT_NE(bad([](SamplingParams& p) { p.top_p = 1.5; }).find("top_p"), std::string::npos);
