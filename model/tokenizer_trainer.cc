@@ -121,7 +121,8 @@ absl::Status TrainTokenizer(const TokenizerTrainOptions& options) {
     inputs.push_back(fs::absolute(path).string());
   }
 
-  const fs::path output_dir(options.output_dir);
+  // Absolute: the child changes into a scratch directory before opening its log there.
+  const fs::path output_dir = fs::absolute(options.output_dir);
   std::error_code error;
   fs::create_directories(output_dir, error);
   if (error) {

@@ -94,6 +94,14 @@ TEST_F(DefaultModelTest, WritesAnAcModelDeterministically) {
   EXPECT_EQ(anchors["anchor_type"], "ac");
 }
 
+TEST_F(DefaultModelTest, RelativeOutputDirectoryWorks) {
+  const std::string relative = "default_model_relative_" + std::to_string(getpid());
+  const Outcome run = AnchorEval("init-model --out " + relative);
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_TRUE(std::filesystem::exists(relative + "/tokenizer.model"));
+  std::filesystem::remove_all(relative);
+}
+
 TEST_F(DefaultModelTest, TokenizeSplitsOnTheAnchorToken) {
   const Outcome run = AnchorEval("tokenize --model " + *dir_ + " --text 'A. <AC> \nB'");
   ASSERT_EQ(run.exit_code, 0) << run.err;
