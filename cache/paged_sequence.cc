@@ -1,0 +1,418 @@
+#include "cache/paged_sequence.h"
+
+#include <ATen/ATen.h>
+#include <ATen/TensorIndexing.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "cache/block_pool_impl.h"
+#include "common/status_macros.h"
+#include "model/ansan_mask.h"
+#include "model/llama_impl.h"
+
+namespace anchorserve::cache {
+namespace {
+
+using at::indexing::Slice;
+
+absl::Status TorchError(const std::exception& e, absl::string_view what) {
+  const std::string message = e.what();
+  const std::string first = message.substr(0, message.find('\n'));
+  if (message.find("out of memory") != std::string::npos) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": ", first));
+  }
+  return absl::InternalError(absl::StrCat(what, ": ", first));
+}
+
+int64_t BlocksFor(int64_t tokens, int64_t block_tokens) {
+  return (tokens + block_tokens - 1) / block_tokens;
+}
+
+// Allocates `n` blocks, all or nothing.
+absl::StatusOr<std::vector<int32_t>> AllocateAll(BlockPool* pool, int64_t n) {
+  std::vector<int32_t> blocks;
+  blocks.reserve(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  for (int64_t i = 0; i < n; ++i) {
+    auto block = pool->Allocate();
+    if (!block.ok()) {
+      for (int32_t b : blocks) pool->Free(b);
+      return block.status();
+    }
+    blocks.push_back(*block);
+  }
+  return blocks;
+}
+
+absl::Status CheckGeometry(const model::LlamaModel& model, const BlockPool& pool) {
+  const KvGeometry want = GeometryOf(model.config(), model.options().precision);
+  const KvGeometry& have = pool.options().geometry;
+  if (want.num_layers != have.num_layers || want.num_kv_heads != have.num_kv_heads ||
+      want.head_dim != have.head_dim || want.dtype_bytes != have.dtype_bytes ||
+      pool.options().device != model.options().device) {
+    return absl::InvalidArgumentError("KV pool geometry, dtype or device does not match the model");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+PagedSequence::PagedSequence(const model::LlamaModel* model, BlockPool* pool,
+                             PagedSequenceOptions options)
+    : model_(model), pool_(pool), options_(std::move(options)) {}
+
+PagedSequence::~PagedSequence() {
+  FreeRegion(anchors_);
+  FreeRegion(kept_full_);
+  FreeRegion(sentence_);
+}
+
+void PagedSequence::FreeRegion(Region& region) {
+  for (int32_t b : region.blocks) pool_->Free(b);
+  region.blocks.clear();
+  region.entries.clear();
+}
+
+absl::StatusOr<std::unique_ptr<PagedSequence>> PagedSequence::Create(
+    const model::LlamaModel* model, BlockPool* pool, PagedSequenceOptions options) {
+  if (model == nullptr || pool == nullptr) {
+    return absl::InvalidArgumentError("model and pool must not be null");
+  }
+  RETURN_IF_ERROR(CheckGeometry(*model, *pool));
+  return std::unique_ptr<PagedSequence>(new PagedSequence(model, pool, std::move(options)));
+}
+
+std::vector<SnapshotEntry> PagedSequence::entries() const {
+  std::vector<SnapshotEntry> all;
+  all.reserve(anchors_.entries.size() + kept_full_.entries.size() + sentence_.entries.size());
+  for (const Region* r : {&anchors_, &kept_full_, &sentence_}) {
+    all.insert(all.end(), r->entries.begin(), r->entries.end());
+  }
+  return all;
+}
+
+int64_t PagedSequence::blocks_held() const {
+  return static_cast<int64_t>(anchors_.blocks.size() + kept_full_.blocks.size() +
+                              sentence_.blocks.size());
+}
+
+KvAccounting PagedSequence::accounting() const {
+  KvAccounting a;
+  a.kept_tokens = static_cast<int64_t>(anchors_.entries.size() + kept_full_.entries.size() +
+                                       sentence_.entries.size());
+  a.full_tokens = next_position_;
+  a.anchors = anchors_seen_;
+  a.peak_kept_tokens = peak_kept_;
+  a.bytes_per_token = pool_->options().geometry.bytes_per_token();
+  return a;
+}
+
+namespace {
+
+// (block, offset) of every kept entry in attention order, as device index tensors.
+struct SlotIndex {
+  at::Tensor blocks;
+  at::Tensor offsets;
+};
+
+void AppendSlots(const std::vector<int32_t>& blocks, int64_t count, int64_t block_tokens,
+                 std::vector<int64_t>* b, std::vector<int64_t>* o) {
+  for (int64_t k = 0; k < count; ++k) {
+    b->push_back(blocks[k / block_tokens]);
+    o->push_back(k % block_tokens);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<float>> PagedSequence::Feed(absl::Span<const int32_t> ids,
+                                                       bool all_logits,
+                                                       absl::Span<const uint8_t> kept_full) {
+  const model::ModelConfig& config = model_->config();
+  const int64_t s = static_cast<int64_t>(ids.size());
+  if (s == 0) return absl::InvalidArgumentError("token_ids must not be empty");
+  if (!kept_full.empty() && static_cast<int64_t>(kept_full.size()) != s) {
+    return absl::InvalidArgumentError("kept_full must be empty or hold one flag per token");
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id,
+                                                     " is outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
+  }
+  const std::vector<SnapshotEntry> cached = entries();
+  const int64_t p = static_cast<int64_t>(cached.size());
+  const int64_t first_position =
+      options_.policy == model::PositionPolicy::kAbsolute ? next_position_ : p;
+  if (first_position + s > config.max_position_embeddings) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "position ", first_position + s - 1, " would reach max_position_embeddings (",
+        config.max_position_embeddings, ") of the model under the ",
+        model::PositionPolicyName(options_.policy), " position policy"));
+  }
+  const bool anchor_mode = options_.mode == model::AttentionMode::kAnchor;
+  const model::AnchorSpec& spec = options_.anchors;
+  auto in_span = [&](int64_t i) { return !anchor_mode || (!kept_full.empty() && kept_full[i]); };
+  auto is_anchor = [&](int64_t i) { return anchor_mode && spec.IsAnchor(ids[i]); };
+  auto is_pad = [&](int32_t id) { return anchor_mode && spec.pad_id >= 0 && id == spec.pad_id; };
+
+  // Mask [S, P + S]: cached columns by kind, then the chunk (AnSAN, plus kept-full columns).
+  std::vector<uint8_t> allowed(static_cast<size_t>(s * (p + s)), 0);
+  const model::AttentionMask chunk_mask =
+      anchor_mode ? model::BuildAnsanMask(ids, spec) : model::BuildCausalMask(s);
+  bool anchor_before = false;
+  for (int64_t i = 0; i < s; ++i) {
+    const bool row_anchor = is_anchor(i);
+    const bool row_pad = is_pad(ids[i]);
+    uint8_t* row = &allowed[i * (p + s)];
+    for (int64_t c = 0; c < p; ++c) {
+      const SnapshotEntry& e = cached[c];
+      if (row_pad || is_pad(e.token)) continue;
+      switch (e.kind) {
+        case EntryKind::kAnchor: row[c] = row_anchor ? 0 : 1; break;
+        case EntryKind::kKeptFull: row[c] = 1; break;
+        case EntryKind::kSentence: row[c] = anchor_before ? 0 : 1; break;
+      }
+    }
+    for (int64_t j = 0; j <= i; ++j) {
+      uint8_t v = chunk_mask[i * s + j];
+      if (anchor_mode && in_span(j) && !row_pad && !is_pad(ids[j])) v = 1;
+      row[p + j] = v;
+    }
+    if (row_anchor) anchor_before = true;
+  }
+
+  // Where each chunk token goes after this step's REDUCTION.
+  const int64_t bt = pool_->block_tokens();
+  int64_t last_anchor = -1, chunk_anchors = 0;
+  for (int64_t i = 0; i < s; ++i) {
+    if (is_anchor(i)) {
+      last_anchor = i;
+      ++chunk_anchors;
+    }
+  }
+  const bool clear_sentence = last_anchor >= 0;
+  std::vector<int64_t> to_anchor, to_kept, to_sentence;
+  for (int64_t i = 0; i < s; ++i) {
+    if (in_span(i)) {
+      to_kept.push_back(i);
+    } else if (is_anchor(i)) {
+      to_anchor.push_back(i);
+    } else if (i > last_anchor) {
+      to_sentence.push_back(i);
+    }
+  }
+  const int64_t anchors_after = static_cast<int64_t>(anchors_.entries.size() + to_anchor.size());
+  const int64_t kept_after = static_cast<int64_t>(kept_full_.entries.size() + to_kept.size());
+  const int64_t sentence_base = clear_sentence ? 0 : static_cast<int64_t>(sentence_.entries.size());
+  const int64_t sentence_after = sentence_base + static_cast<int64_t>(to_sentence.size());
+  const int64_t need_anchor =
+      BlocksFor(anchors_after, bt) - static_cast<int64_t>(anchors_.blocks.size());
+  const int64_t need_kept =
+      BlocksFor(kept_after, bt) - static_cast<int64_t>(kept_full_.blocks.size());
+  const int64_t need_sentence =
+      BlocksFor(sentence_after, bt) -
+      (clear_sentence ? 0 : static_cast<int64_t>(sentence_.blocks.size()));
+
+  c10::InferenceMode guard;
+  const model::LlamaImpl& impl = model_->impl();
+  const at::Device device = impl.options.device();
+  at::Tensor& storage = pool_->storage().kv;
+  std::vector<float> out;
+  std::vector<model::LayerKV> present;
+  std::vector<int64_t> positions(static_cast<size_t>(s));
+  for (int64_t i = 0; i < s; ++i) positions[i] = first_position + i;
+  try {
+    // Gather the kept entries into contiguous per-layer K/V (the CPU reading of the layout).
+    std::vector<model::LayerKV> past;
+    if (p > 0) {
+      std::vector<int64_t> b, o;
+      for (const Region* r : {&anchors_, &kept_full_, &sentence_}) {
+        AppendSlots(r->blocks, static_cast<int64_t>(r->entries.size()), bt, &b, &o);
+      }
+      at::Tensor gathered = storage.index({at::tensor(b).to(device), Slice(), Slice(), Slice(),
+                                           at::tensor(o).to(device)});  // [P, L, 2, kv, d]
+      gathered = gathered.permute({1, 2, 3, 0, 4}).contiguous();      // [L, 2, kv, P, d]
+      for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+        past.push_back({gathered[l][0], gathered[l][1]});
+      }
+    }
+    at::Tensor id_t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end())).to(device);
+    at::Tensor pos_t = at::tensor(positions).to(device);
+    at::Tensor mask = at::from_blob(allowed.data(), {s, p + s}, at::TensorOptions().dtype(at::kByte))
+                          .to(device, at::kBool, false, true);
+    at::Tensor hidden = impl.ForwardHidden(id_t, pos_t, past, mask, &present);
+    at::Tensor logits = all_logits ? impl.Logits(hidden) : impl.Logits(hidden.narrow(0, s - 1, 1));
+    logits = logits.cpu().contiguous();
+    out.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+  } catch (const std::exception& e) {
+    return TorchError(e, "forward");
+  }
+
+  // Commit: allocate first (all or nothing), then write, then drop the closed sentence.
+  ASSIGN_OR_RETURN(std::vector<int32_t> fresh, AllocateAll(pool_, need_anchor + need_kept +
+                                                                      need_sentence));
+  std::vector<int32_t> anchor_blocks = anchors_.blocks, kept_blocks = kept_full_.blocks;
+  std::vector<int32_t> sentence_blocks = clear_sentence ? std::vector<int32_t>{} : sentence_.blocks;
+  size_t next_fresh = 0;
+  for (int64_t k = 0; k < need_anchor; ++k) anchor_blocks.push_back(fresh[next_fresh++]);
+  for (int64_t k = 0; k < need_kept; ++k) kept_blocks.push_back(fresh[next_fresh++]);
+  for (int64_t k = 0; k < need_sentence; ++k) sentence_blocks.push_back(fresh[next_fresh++]);
+
+  std::vector<int64_t> src, dst_block, dst_offset;
+  auto place = [&](const std::vector<int64_t>& tokens, int64_t base,
+                   const std::vector<int32_t>& blocks) {
+    for (size_t k = 0; k < tokens.size(); ++k) {
+      const int64_t slot = base + static_cast<int64_t>(k);
+      src.push_back(tokens[k]);
+      dst_block.push_back(blocks[slot / bt]);
+      dst_offset.push_back(slot % bt);
+    }
+  };
+  place(to_anchor, static_cast<int64_t>(anchors_.entries.size()), anchor_blocks);
+  place(to_kept, static_cast<int64_t>(kept_full_.entries.size()), kept_blocks);
+  place(to_sentence, sentence_base, sentence_blocks);
+  try {
+    if (!src.empty()) {
+      std::vector<at::Tensor> k_layers, v_layers;
+      for (const model::LayerKV& kv : present) {
+        k_layers.push_back(kv.k);
+        v_layers.push_back(kv.v);
+      }
+      // [L, 2, kv, S, d] -> the written tokens as [n, L, 2, kv, d].
+      at::Tensor combined = at::stack({at::stack(k_layers), at::stack(v_layers)}, 1);
+      at::Tensor values =
+          combined.index_select(3, at::tensor(src).to(device)).permute({3, 0, 1, 2, 4});
+      storage.index_put_({at::tensor(dst_block).to(device), Slice(), Slice(), Slice(),
+                          at::tensor(dst_offset).to(device)},
+                         values);
+    }
+  } catch (const std::exception& e) {
+    for (int32_t b : fresh) pool_->Free(b);
+    return TorchError(e, "writing KV blocks");
+  }
+  auto entry = [&](int64_t i, EntryKind kind) {
+    return SnapshotEntry{ids[i], positions[i], kind};
+  };
+  for (int64_t i : to_anchor) anchors_.entries.push_back(entry(i, EntryKind::kAnchor));
+  for (int64_t i : to_kept) kept_full_.entries.push_back(entry(i, EntryKind::kKeptFull));
+  if (clear_sentence) {
+    for (int32_t b : sentence_.blocks) pool_->Free(b);  // REDUCTION: the sentence, wholesale
+    sentence_.entries.clear();
+  }
+  for (int64_t i : to_sentence) sentence_.entries.push_back(entry(i, EntryKind::kSentence));
+  anchors_.blocks = std::move(anchor_blocks);
+  kept_full_.blocks = std::move(kept_blocks);
+  sentence_.blocks = std::move(sentence_blocks);
+  next_position_ += s;
+  anchors_seen_ += chunk_anchors;
+  peak_kept_ = std::max(peak_kept_, p + s);
+  return out;
+}
+
+absl::StatusOr<SessionSnapshot> PagedSequence::Snapshot() const {
+  SessionSnapshot snap;
+  const KvGeometry& g = pool_->options().geometry;
+  snap.model_fingerprint = options_.model_fingerprint;
+  snap.num_layers = static_cast<int32_t>(g.num_layers);
+  snap.num_kv_heads = static_cast<int32_t>(g.num_kv_heads);
+  snap.head_dim = static_cast<int32_t>(g.head_dim);
+  snap.dtype = std::string(model::PrecisionName(model_->options().precision));
+  snap.mode = std::string(model::AttentionModeName(options_.mode));
+  snap.position_policy = std::string(model::PositionPolicyName(options_.policy));
+  snap.next_position = next_position_;
+  snap.accounting = accounting();
+  snap.entries = entries();
+  if (snap.entries.empty()) return snap;
+  c10::InferenceMode guard;
+  try {
+    const at::Device device = pool_->storage().kv.device();
+    std::vector<int64_t> b, o;
+    const int64_t bt = pool_->block_tokens();
+    for (const Region* r : {&anchors_, &kept_full_, &sentence_}) {
+      AppendSlots(r->blocks, static_cast<int64_t>(r->entries.size()), bt, &b, &o);
+    }
+    at::Tensor gathered = pool_->storage()
+                              .kv.index({at::tensor(b).to(device), Slice(), Slice(), Slice(),
+                                         at::tensor(o).to(device)})
+                              .permute({1, 2, 3, 0, 4})
+                              .contiguous()
+                              .cpu();  // [L, 2, kv, T, d]: per layer K then V
+    const size_t nbytes = static_cast<size_t>(gathered.numel()) * gathered.element_size();
+    snap.kv.resize(nbytes);
+    std::memcpy(snap.kv.data(), gathered.data_ptr(), nbytes);
+  } catch (const std::exception& e) {
+    return TorchError(e, "snapshot");
+  }
+  return snap;
+}
+
+absl::StatusOr<std::unique_ptr<PagedSequence>> PagedSequence::Restore(
+    const model::LlamaModel* model, BlockPool* pool, PagedSequenceOptions options,
+    const SessionSnapshot& snap) {
+  ASSIGN_OR_RETURN(std::unique_ptr<PagedSequence> seq, Create(model, pool, options));
+  const KvGeometry& g = pool->options().geometry;
+  if (!snap.model_fingerprint.empty() && !options.model_fingerprint.empty() &&
+      snap.model_fingerprint != options.model_fingerprint) {
+    return absl::InvalidArgumentError("session state belongs to another model");
+  }
+  if (snap.num_layers != g.num_layers || snap.num_kv_heads != g.num_kv_heads ||
+      snap.head_dim != g.head_dim ||
+      snap.dtype != model::PrecisionName(model->options().precision)) {
+    return absl::InvalidArgumentError("session state has another KV shape or dtype");
+  }
+  if (snap.mode != model::AttentionModeName(options.mode) ||
+      snap.position_policy != model::PositionPolicyName(options.policy)) {
+    return absl::InvalidArgumentError("session state was built with another mode or policy");
+  }
+  const int64_t t = static_cast<int64_t>(snap.entries.size());
+  if (static_cast<int64_t>(snap.kv.size()) != snap.ExpectedKvBytes()) {
+    return absl::InvalidArgumentError("session state KV bytes do not match its entries");
+  }
+  // Regions in attention order; the snapshot lists anchors, kept-full, then the sentence,
+  // and its KV bytes follow that order.
+  for (size_t i = 1; i < snap.entries.size(); ++i) {
+    if (snap.entries[i].kind < snap.entries[i - 1].kind) {
+      return absl::InvalidArgumentError(
+          "session state entries must be ordered anchors, kept-full, sentence");
+    }
+  }
+  for (const SnapshotEntry& e : snap.entries) {
+    Region& r = e.kind == EntryKind::kAnchor     ? seq->anchors_
+                : e.kind == EntryKind::kKeptFull ? seq->kept_full_
+                                                 : seq->sentence_;
+    r.entries.push_back(e);
+  }
+  const int64_t bt = pool->block_tokens();
+  std::vector<int64_t> b, o;
+  for (Region* r : {&seq->anchors_, &seq->kept_full_, &seq->sentence_}) {
+    auto blocks = AllocateAll(pool, BlocksFor(static_cast<int64_t>(r->entries.size()), bt));
+    if (!blocks.ok()) return blocks.status();  // seq's destructor frees what was taken
+    r->blocks = *std::move(blocks);
+    AppendSlots(r->blocks, static_cast<int64_t>(r->entries.size()), bt, &b, &o);
+  }
+  seq->next_position_ = snap.next_position;
+  seq->anchors_seen_ = snap.accounting.anchors;
+  seq->peak_kept_ = snap.accounting.peak_kept_tokens;
+  if (t == 0) return seq;
+  c10::InferenceMode guard;
+  try {
+    at::Tensor& storage = pool->storage().kv;
+    const at::ScalarType type = storage.scalar_type();
+    at::Tensor host = at::empty({g.num_layers, 2, g.num_kv_heads, t, g.head_dim},
+                                at::TensorOptions().dtype(type));
+    std::memcpy(host.data_ptr(), snap.kv.data(), snap.kv.size());
+    const at::Device device = storage.device();
+    storage.index_put_({at::tensor(b).to(device), Slice(), Slice(), Slice(),
+                        at::tensor(o).to(device)},
+                       host.to(device).permute({3, 0, 1, 2, 4}));
+  } catch (const std::exception& e) {
+    return TorchError(e, "restoring KV blocks");
+  }
+  return seq;
+}
+
+}  // namespace anchorserve::cache

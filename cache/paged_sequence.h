@@ -1,0 +1,87 @@
+// One sequence's KV in the anchor-native paged layout (docs/ARCHITECTURE.md): densely packed
+// anchor slots (append-only), kept-full spans, and the current sentence's blocks, all in
+// BlockPool blocks. REDUCTION writes the anchor's keys/values into its slot and frees the
+// sentence blocks wholesale: one token copied, never a compaction. `full` mode keeps every
+// token as kept-full, so anchor and full attention run on the same code.
+#ifndef ANCHORSERVE_CACHE_PAGED_SEQUENCE_H_
+#define ANCHORSERVE_CACHE_PAGED_SEQUENCE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cache/block_pool.h"
+#include "cache/session_snapshot.h"
+#include "model/anchor_sequence.h"
+#include "model/llama.h"
+
+namespace anchorserve::cache {
+
+struct PagedSequenceOptions {
+  model::AttentionMode mode = model::AttentionMode::kAnchor;
+  model::PositionPolicy policy = model::PositionPolicy::kAbsolute;
+  model::AnchorSpec anchors;
+  std::string model_fingerprint;  // stamped into snapshots; checked on restore
+};
+
+// Not thread-safe: used by the engine thread that owns the pool. The model and the pool must
+// outlive the sequence; the destructor returns every block to the pool.
+class PagedSequence {
+ public:
+  static absl::StatusOr<std::unique_ptr<PagedSequence>> Create(const model::LlamaModel* model,
+                                                               BlockPool* pool,
+                                                               PagedSequenceOptions options);
+  // A sequence holding `snapshot`'s state (a session resumed from the host or disk tier or
+  // imported). Errors: InvalidArgument when the snapshot belongs to another model or shape,
+  // ResourceExhausted when the pool lacks blocks (nothing is allocated then).
+  static absl::StatusOr<std::unique_ptr<PagedSequence>> Restore(const model::LlamaModel* model,
+                                                                BlockPool* pool,
+                                                                PagedSequenceOptions options,
+                                                                const SessionSnapshot& snapshot);
+  ~PagedSequence();
+  PagedSequence(const PagedSequence&) = delete;
+  PagedSequence& operator=(const PagedSequence&) = delete;
+
+  // Feeds a chunk (prefill or one decoded token) and returns S x V logits (`all_logits`) or
+  // the last row. `kept_full`: empty, or one flag per token of `ids` marking tokens of a
+  // kept-full span (docs/KV_CACHE.md: kept forever and visible to every later token).
+  // Attention is exactly the AnSAN mask (plus the spans) over the history, for any chunking.
+  // Errors: InvalidArgument, OutOfRange (position limit), ResourceExhausted (pool full or
+  // device OOM). On error nothing changed: no block leaked, the state is as before.
+  absl::StatusOr<std::vector<float>> Feed(absl::Span<const int32_t> ids, bool all_logits,
+                                          absl::Span<const uint8_t> kept_full = {});
+
+  // Kept entries in attention order: anchors, kept-full, then the current sentence.
+  std::vector<SnapshotEntry> entries() const;
+  KvAccounting accounting() const;
+  int64_t blocks_held() const;
+  int64_t next_position() const { return next_position_; }
+  const PagedSequenceOptions& options() const { return options_; }
+
+  // Copies the state out (keys/values to host memory). The sequence is unchanged.
+  absl::StatusOr<SessionSnapshot> Snapshot() const;
+
+ private:
+  struct Region {
+    std::vector<SnapshotEntry> entries;
+    std::vector<int32_t> blocks;
+  };
+
+  PagedSequence(const model::LlamaModel* model, BlockPool* pool, PagedSequenceOptions options);
+  void FreeRegion(Region& region);
+
+  const model::LlamaModel* model_;
+  BlockPool* pool_;
+  PagedSequenceOptions options_;
+  Region anchors_, kept_full_, sentence_;
+  int64_t next_position_ = 0;  // tokens seen (the absolute position counter)
+  int64_t anchors_seen_ = 0;
+  int64_t peak_kept_ = 0;
+};
+
+}  // namespace anchorserve::cache
+
+#endif  // ANCHORSERVE_CACHE_PAGED_SEQUENCE_H_
