@@ -1,4 +1,4 @@
-// anchor-eval: run, inspect and (later) evaluate AnLLMs from the command line.
+// anchor-eval: run, inspect and evaluate AnLLMs from the command line.
 //
 //   anchor-eval logits   --model DIR (--token-ids 1,2,3 | --text "...") [--mode full|anchor]
 //                        [--policy absolute|compact] [--anchor-ids 13,29889]
@@ -11,11 +11,23 @@
 //   anchor-eval tokenize --model DIR --text "..."
 //   anchor-eval init-model --out DIR [--seed N]
 //   anchor-eval convert  --from DIR --to DIR [--shard-mb 2048]
+//   anchor-eval ppl      --model DIR --data FILE [--window 256] [--stride 256]
+//                        [--mode full|masked|anchor] [--policy absolute|compact] [--chunk N]
+//                        [--limit N] [--anchor-insertion auto|none] [--anchor-ids ...]
+//                        [--device ...] [--dtype ...] [--json]
+//   anchor-eval mc       --model DIR --data FILE --task NAME [--shots K] [--limit N] [--bos]
+//                        [--mode full|masked|anchor] [--policy ...] [--chunk N]
+//                        [--anchor-insertion auto|none] [--anchor-ids ...] [--device ...]
+//                        [--dtype ...] [--json]
+//   (ppl and mc: definitions in docs/EVALUATION.md)
 //
 // Bad arguments: one line on stderr, exit 2. Runtime failures: one line, exit 1.
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -26,6 +38,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "eval/mc.h"
+#include "eval/mc_data.h"
+#include "eval/ppl.h"
+#include "eval/scoring.h"
+#include "eval/text_file.h"
 #include "model/anchor_sequence.h"
 #include "model/anchors.h"
 #include "model/checkpoint_convert.h"
@@ -319,8 +336,281 @@ int RunConvert(const Flags& flags) {
   return 0;
 }
 
+// ---- ppl and mc: held-out perplexity and multiple-choice accuracy (docs/EVALUATION.md) ----
+
+template <typename T>
+nlohmann::json OrNull(const std::optional<T>& value) {
+  return value ? nlohmann::json(*value) : nlohmann::json(nullptr);
+}
+
+// What ppl and mc share: the model, its tokenizer (required: both read text), the scoring
+// options and whether <AC> goes into the text.
+struct EvalSetup {
+  std::unique_ptr<model::LlamaModel> llama;
+  std::unique_ptr<model::Tokenizer> tokenizer;
+  ScoringOptions scoring;
+  std::string anchor_to_insert;  // "<AC>" for AC models under --anchor-insertion auto, else ""
+};
+
+const std::set<std::string> kEvalFlags = {
+    "model", "data",    "mode",  "policy",     "limit",           "device",
+    "dtype", "threads", "chunk", "anchor-ids", "anchor-insertion"};
+
+// Validates the flags ppl and mc share; loading comes later (LoadEvalModel) so that a bad data
+// file fails before a large model is read.
+ScoringOptions ParseScoringFlags(const Flags& flags) {
+  ScoringOptions scoring;
+  scoring.mode = OrUsage(ParseEvalMode(flags.Get("mode", "masked")), "mode");
+  scoring.sequence.policy =
+      OrUsage(model::ParsePositionPolicy(flags.Get("policy", "absolute")), "policy");
+  if (scoring.sequence.policy != model::PositionPolicy::kAbsolute &&
+      scoring.mode != EvalMode::kAnchor) {
+    throw UsageError{
+        "--policy only applies to --mode anchor (full and masked use positions "
+        "0..L-1)"};
+  }
+  scoring.chunk = flags.Int("chunk", 0);
+  if (scoring.chunk < 0) throw UsageError{"--chunk must not be negative"};
+  const std::string insertion = flags.Get("anchor-insertion", "auto");
+  if (insertion != "auto" && insertion != "none") {
+    throw UsageError{"--anchor-insertion must be auto or none"};
+  }
+  if (flags.Int("limit", -1) < -1) throw UsageError{"--limit must be -1 (all) or more"};
+  if (flags.Has("anchor-ids")) {
+    OrUsage(model::ParseIdList(flags.Get("anchor-ids"), "anchor-ids"), "anchor-ids");
+  }
+  return scoring;
+}
+
+EvalSetup LoadEvalModel(const Flags& flags, ScoringOptions scoring) {
+  EvalSetup out;
+  const std::string dir = flags.Required("model");
+  model::LoadOptions options;
+  options.device = OrUsage(model::ParseDevice(flags.Get("device", "cpu")), "device");
+  options.precision = OrUsage(model::ParsePrecision(flags.Get("dtype", "float32")), "dtype");
+  options.num_threads = static_cast<int>(flags.Int("threads", 0));
+  out.tokenizer = OrFail(model::Tokenizer::Load(dir));
+  out.llama = OrFail(model::LlamaModel::Load(dir, options));
+  if (flags.Has("anchor-ids")) {
+    scoring.sequence.anchors = model::CustomAnchors(
+        OrUsage(model::ParseIdList(flags.Get("anchor-ids"), "anchor-ids"), "anchor-ids"),
+        out.tokenizer->pad_id());
+  } else {
+    scoring.sequence.anchors =
+        OrFail(model::DetectAnchors(dir, out.llama->config(), out.tokenizer.get()));
+  }
+  const model::AnchorSpec& anchors = scoring.sequence.anchors;
+  if (flags.Get("anchor-insertion", "auto") == "auto" && anchors.kind == model::AnchorKind::kAc &&
+      !anchors.anchor_token.empty()) {
+    out.anchor_to_insert = anchors.anchor_token;
+  }
+  if (scoring.mode != EvalMode::kFull && !anchors.has_anchors()) {
+    std::cerr << "anchor-eval: note: the model has no anchor tokens; " << EvalModeName(scoring.mode)
+              << " mode equals full attention" << std::endl;
+  }
+  out.scoring = std::move(scoring);
+  return out;
+}
+
+// At most one progress line every few seconds on stderr.
+class ProgressLine {
+ public:
+  bool Due() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::seconds(5)) return false;
+    last_ = now;
+    return true;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
+std::string Mode(const ScoringOptions& scoring) {
+  std::string mode(EvalModeName(scoring.mode));
+  if (scoring.mode == EvalMode::kAnchor) {
+    absl::StrAppend(&mode, " (policy ", model::PositionPolicyName(scoring.sequence.policy),
+                    ", chunk ", scoring.chunk == 0 ? "whole segment" : absl::StrCat(scoring.chunk),
+                    ")");
+  }
+  return mode;
+}
+
+int RunPpl(const Flags& flags) {
+  const std::string data_path = flags.Required("data");
+  ScoringOptions scoring = ParseScoringFlags(flags);
+  PerplexityOptions options;
+  options.window = flags.Int("window", 256);
+  options.stride = flags.Int("stride", 256);
+  options.limit = flags.Int("limit", -1);
+  if (options.window < 2) throw UsageError{"--window must be at least 2"};
+  if (options.stride < 1) throw UsageError{"--stride must be positive"};
+  // ppl feeds the anchor path token by token unless --chunk says otherwise.
+  if (!flags.Has("chunk")) scoring.chunk = 1;
+  const std::string text = OrFail(ReadTextFile(data_path));
+  EvalSetup setup = LoadEvalModel(flags, scoring);
+  options.scoring = setup.scoring;
+  if (options.window > setup.llama->config().max_position_embeddings) {
+    throw UsageError{absl::StrCat("--window ", options.window,
+                                  " exceeds the model's max_position_embeddings (",
+                                  setup.llama->config().max_position_embeddings, ")")};
+  }
+  HeldOutTextOptions text_options;
+  text_options.insert_anchors = !setup.anchor_to_insert.empty();
+  text_options.anchor_token = setup.anchor_to_insert;
+  if (options.limit > 0) {
+    text_options.min_tokens = (options.limit - 1) * options.stride + options.window;
+  }
+  const std::vector<int32_t> tokens = TokenizeHeldOutText(text, *setup.tokenizer, text_options);
+  ProgressLine line;
+  const PerplexityReport report =
+      OrFail(EvaluatePerplexity(*setup.llama, tokens, options, [&](const PerplexityProgress& p) {
+        if (!line.Due() || p.windows_done == p.windows_total) return;
+        std::fprintf(stderr, "anchor-eval ppl: %lld/%lld windows, %lld tokens, ppl %.4f, %.1f s\n",
+                     static_cast<long long>(p.windows_done),
+                     static_cast<long long>(p.windows_total),
+                     static_cast<long long>(p.tokens_scored), p.token_average_ppl, p.seconds);
+      }));
+  if (flags.Has("json")) {
+    nlohmann::json j;
+    j["mode"] = std::string(EvalModeName(report.mode));
+    j["policy"] = std::string(model::PositionPolicyName(report.policy));
+    j["chunk"] = report.chunk;
+    j["window"] = report.window;
+    j["stride"] = report.stride;
+    j["anchor_ids"] = options.scoring.sequence.anchors.token_ids;
+    j["anchor_insertion"] = text_options.insert_anchors;
+    j["stream_tokens"] = report.stream_tokens;
+    j["windows"] = report.windows;
+    j["tokens_scored"] = report.tokens_scored;
+    j["anchor_targets"] = report.anchor_targets;
+    j["window_average_nll"] = report.window_average_nll;
+    j["window_average_ppl"] = report.window_average_ppl;
+    j["token_average_nll"] = report.token_average_nll;
+    j["token_average_ppl"] = report.token_average_ppl;
+    j["non_anchor_token_ppl"] = OrNull(report.non_anchor_token_ppl);
+    j["token_accuracy"] = report.token_accuracy;
+    if (report.kv) {
+      j["kv"] = {{"mean_kept", report.kv->mean_kept},
+                 {"peak_kept", report.kv->peak_kept},
+                 {"mean_full_equivalent", report.kv->mean_full_equivalent},
+                 {"c_down", report.kv->compression},
+                 {"peak_step_kv", report.kv->peak_step_kv}};
+    } else {
+      j["kv"] = nullptr;
+    }
+    j["seconds"] = report.seconds;
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("%-22s %s\n", "mode", Mode(options.scoring).c_str());
+  std::printf("%-22s %lld x %lld tokens, stride %lld (stream: %lld tokens%s)\n", "windows",
+              static_cast<long long>(report.windows), static_cast<long long>(report.window),
+              static_cast<long long>(report.stride), static_cast<long long>(report.stream_tokens),
+              text_options.insert_anchors ? ", <AC> inserted" : "");
+  std::printf("%-22s %lld (anchors among them: %lld)\n", "tokens scored",
+              static_cast<long long>(report.tokens_scored),
+              static_cast<long long>(report.anchor_targets));
+  std::printf("%-22s %.4f   exp(mean over windows of the window's mean NLL)\n",
+              "ppl, window average", report.window_average_ppl);
+  std::printf("%-22s %.4f   exp(total NLL / tokens scored)\n", "ppl, token average",
+              report.token_average_ppl);
+  if (report.non_anchor_token_ppl) {
+    std::printf("%-22s %.4f   token average over non-anchor targets\n", "ppl, non-anchor",
+                *report.non_anchor_token_ppl);
+  }
+  std::printf("%-22s %.4f\n", "token accuracy", report.token_accuracy);
+  if (report.kv) {
+    std::printf("%-22s %.2f of %.2f full-equivalent (mean after each token)\n", "kv kept",
+                report.kv->mean_kept, report.kv->mean_full_equivalent);
+    std::printf("%-22s %lld (largest step: %lld keys)\n", "kv kept, peak",
+                static_cast<long long>(report.kv->peak_kept),
+                static_cast<long long>(report.kv->peak_step_kv));
+    std::printf("%-22s %.1f%%\n", "C-down", 100.0 * report.kv->compression);
+  }
+  std::printf("%-22s %.2f\n", "seconds", report.seconds);
+  return 0;
+}
+
+int RunMc(const Flags& flags) {
+  const std::string data_path = flags.Required("data");
+  const McTask task = OrUsage(FindMcTask(flags.Required("task")), "task");
+  ScoringOptions scoring = ParseScoringFlags(flags);
+  McOptions options;
+  options.shots = flags.Int("shots", 0);
+  options.limit = flags.Int("limit", -1);
+  options.add_bos = flags.Has("bos");
+  if (options.shots < 0) throw UsageError{"--shots must not be negative"};
+  const std::vector<McItem> items = OrFail(LoadMcFile(data_path, task));
+  EvalSetup setup = LoadEvalModel(flags, scoring);
+  options.scoring = setup.scoring;
+  options.demo_anchor = setup.anchor_to_insert;
+  ProgressLine line;
+  const McReport report = OrFail(EvaluateMultipleChoice(
+      *setup.llama, *setup.tokenizer, task, items, options, [&](const McProgress& p) {
+        if (!line.Due() || p.items_done == p.items_total) return;
+        std::fprintf(stderr, "anchor-eval mc: %lld/%lld items, acc %.4f, %.1f s\n",
+                     static_cast<long long>(p.items_done), static_cast<long long>(p.items_total),
+                     p.accuracy, p.seconds);
+      }));
+  if (flags.Has("json")) {
+    nlohmann::json j;
+    j["task"] = report.task;
+    j["mode"] = std::string(EvalModeName(report.mode));
+    j["policy"] = std::string(model::PositionPolicyName(report.policy));
+    j["anchor_ids"] = options.scoring.sequence.anchors.token_ids;
+    j["demo_anchor"] = options.demo_anchor;
+    j["bos"] = options.add_bos;
+    j["shots"] = report.shots;
+    j["items"] = report.items;
+    j["choices_scored"] = report.choices_scored;
+    j["acc"] = report.accuracy;
+    j["acc_norm"] = OrNull(report.accuracy_norm);
+    j["continuation_ppl"] = OrNull(report.continuation_ppl);
+    j["L_d"] = report.demo_tokens;
+    j["L_kv"] = report.demo_anchors;
+    j["c_down"] = OrNull(report.compression);
+    j["kv_after_demos"] = OrNull(report.kv_after_demos);
+    j["tokens_forwarded"] = report.tokens_forwarded;
+    j["seconds"] = report.seconds;
+    j["t_up"] = OrNull(report.speedup);
+    j["t_up_note"] = report.speedup_note;
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("%-16s %s\n", "task", report.task.c_str());
+  std::printf("%-16s %s\n", "mode", Mode(options.scoring).c_str());
+  std::printf("%-16s %lld (choices scored: %lld)\n", "items", static_cast<long long>(report.items),
+              static_cast<long long>(report.choices_scored));
+  if (report.continuation_ppl) {
+    std::printf("%-16s %.4f   (greedy match of the whole continuation)\n", "acc", report.accuracy);
+    std::printf("%-16s %.4f   exp(-mean continuation log-likelihood)\n", "ppl",
+                *report.continuation_ppl);
+  } else {
+    std::printf("%-16s %.4f\n", "acc", report.accuracy);
+    std::printf("%-16s %.4f   (log-likelihood per character)\n", "acc_norm",
+                report.accuracy_norm.value_or(0));
+  }
+  std::printf(
+      "%-16s %lld%s\n", "shots", static_cast<long long>(report.shots),
+      options.demo_anchor.empty() || report.shots == 0 ? "" : ", <AC> after each demonstration");
+  std::printf("%-16s %lld tokens\n", "L_d", static_cast<long long>(report.demo_tokens));
+  std::printf("%-16s %lld anchors\n", "L_kv", static_cast<long long>(report.demo_anchors));
+  if (report.compression) {
+    std::printf("%-16s %.1f%%\n", "C-down", 100.0 * *report.compression);
+  }
+  if (report.kv_after_demos) {
+    std::printf("%-16s %lld (anchors + open sentence)\n", "kv after demos",
+                static_cast<long long>(*report.kv_after_demos));
+  }
+  std::printf("%-16s %s\n", "T-up", report.speedup_note.c_str());
+  std::printf("%-16s %.2f\n", "seconds", report.seconds);
+  return 0;
+}
+
 constexpr char kUsage[] =
-    "usage: anchor-eval <logits|generate|tokenize|init-model|convert> [flags]; see README.md";
+    "usage: anchor-eval <logits|generate|tokenize|init-model|convert|ppl|mc> [flags]; see "
+    "README.md";
 
 int Main(int argc, char** argv) {
   try {
@@ -339,6 +629,16 @@ int Main(int argc, char** argv) {
     if (command == "init-model") return RunInitModel(Flags(argc, argv, 2, {"out", "seed"}, {}));
     if (command == "convert") {
       return RunConvert(Flags(argc, argv, 2, {"from", "to", "shard-mb"}, {}));
+    }
+    if (command == "ppl") {
+      std::set<std::string> known = kEvalFlags;
+      known.insert({"window", "stride"});
+      return RunPpl(Flags(argc, argv, 2, known, {"json"}));
+    }
+    if (command == "mc") {
+      std::set<std::string> known = kEvalFlags;
+      known.insert({"task", "shots"});
+      return RunMc(Flags(argc, argv, 2, known, {"json", "bos"}));
     }
     if (command == "--help" || command == "help") {
       std::cout << kUsage << "\n";
