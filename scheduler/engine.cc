@@ -149,6 +149,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options) {
   info.config = impl->llama->config();
   info.model_dir = options.model_dir;
   info.fingerprint = Fingerprint(options.model_dir);
+  info.device = options.load.device;
+  info.precision = options.load.precision;
   ASSIGN_OR_RETURN(info.anchors,
                    model::DetectAnchors(options.model_dir, info.config, impl->tokenizer.get()));
 

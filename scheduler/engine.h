@@ -108,6 +108,8 @@ struct ModelInfo {
   model::AnchorSpec anchors;
   std::string fingerprint;
   std::string model_dir;
+  model::Device device = model::Device::kCpu;
+  model::Precision precision = model::Precision::kFloat32;
 };
 
 class Engine {

@@ -10,7 +10,8 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-grpcio python3-numpy
+  python3-grpcio python3-protobuf python3-numpy
+  prometheus
 )
 
 missing=()

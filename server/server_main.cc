@@ -1,0 +1,179 @@
+#include "server/server_main.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "server/log.h"
+
+namespace anchorserve::server {
+namespace {
+
+constexpr char kServiceName[] = "anchorserve.v1.AnchorServe";
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const RunOptions& o) {
+  if (o.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl;
+  auto cert = ReadFile(o.tls_cert_file);
+  auto key = ReadFile(o.tls_key_file);
+  if (!cert.ok()) return cert.status();
+  if (!key.ok()) return key.status();
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!o.tls_client_ca_file.empty()) {
+    auto ca = ReadFile(o.tls_client_ca_file);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+// Runs one one-token generation so the first user request does not pay for lazy set-up.
+absl::Status WarmUp(scheduler::Engine& engine) {
+  struct Waiter : scheduler::StreamSink {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    absl::Status status;
+    void OnEvent(scheduler::StreamEvent event) override {
+      if (!event.final) return;
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+      status = event.status;
+      cv.notify_all();
+    }
+  };
+  auto waiter = std::make_shared<Waiter>();
+  scheduler::GenerationRequest request;
+  request.tenant = "warm-up";
+  const int32_t bos = engine.model_info().config.bos_token_id;
+  request.prompt_token_ids = {bos >= 0 ? bos : 0};
+  request.max_tokens = 1;
+  request.sampling.temperature = 0;
+  auto id = engine.Submit(request, waiter);
+  if (!id.ok()) return id.status();
+  std::unique_lock<std::mutex> lock(waiter->mu);
+  waiter->cv.wait(lock, [&] { return waiter->done; });
+  return waiter->status;
+}
+
+}  // namespace
+
+int RunServer(const RunOptions& options) {
+  // Signals go to the sigwait below only: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  if (!options.effective_config.empty()) {
+    std::fprintf(stderr, "anchorserve: effective configuration:\n%s\n",
+                 options.effective_config.c_str());
+  }
+  auto engine = scheduler::Engine::Create(options.engine);
+  if (!engine.ok()) {
+    LogEvent("start_failed", "-", "", absl::StrCat("error=\"", engine.status().ToString(), "\""));
+    return 1;
+  }
+  AnchorServeService service(engine->get(), /*metrics=*/nullptr, options.service);
+  auto credentials = Credentials(options);
+  if (!credentials.ok()) {
+    LogEvent("start_failed", "-", "", absl::StrCat("error=\"", credentials.status().ToString(), "\""));
+    return 1;
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, *credentials, &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    LogEvent("start_failed", "-", "", absl::StrCat("error=\"cannot listen on ", options.listen, "\""));
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  if (absl::Status warm = WarmUp(**engine); !warm.ok()) {
+    LogEvent("start_failed", "-", "", absl::StrCat("error=\"warm-up: ", warm.ToString(), "\""));
+    server->Shutdown();
+    return 1;
+  }
+  health->SetServingStatus(true);
+  health->SetServingStatus(kServiceName, true);
+  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  LogEvent("serving", "-", "",
+           absl::StrCat("listen=", host, ":", port, " model=", options.engine.model_dir,
+                        " anchors=", model::AnchorKindName((*engine)->model_info().anchors.kind)));
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  LogEvent("drain_start", "-", "",
+           absl::StrCat("signal=", signal, " in_flight=", service.active_streams(),
+                        " timeout_s=", absl::ToDoubleSeconds(options.drain_timeout)));
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  service.StartDrain();
+  const absl::Status drained = (*engine)->Drain(options.drain_timeout);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  LogEvent("drain_done", "-", "", absl::StrCat("sessions_persisted=", drained.ok() ? "yes" : "no",
+                                               drained.ok() ? "" : " error=\"" + drained.ToString() + "\""));
+  return drained.ok() ? 0 : 1;
+}
+
+int ServerMain(int argc, char** argv) {
+  RunOptions options;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&](const char* name) -> std::string {
+      const std::string prefix = absl::StrCat("--", name, "=");
+      if (arg.rfind(prefix, 0) == 0) return arg.substr(prefix.size());
+      if (arg == absl::StrCat("--", name) && i + 1 < argc) return argv[++i];
+      return "";
+    };
+    if (std::string v = value("model"); !v.empty()) {
+      options.engine.model_dir = v;
+    } else if (std::string l = value("listen"); !l.empty()) {
+      options.listen = l;
+    } else if (std::string m = value("metrics_listen"); !m.empty()) {
+      options.metrics_listen = m;
+    } else {
+      std::fprintf(stderr, "anchorserve: unknown flag %s\n", arg.c_str());
+      return 2;
+    }
+  }
+  if (options.engine.model_dir.empty()) {
+    std::fprintf(stderr, "anchorserve: --model is required\n");
+    return 2;
+  }
+  return RunServer(options);
+}
+
+}  // namespace anchorserve::server

@@ -1,0 +1,611 @@
+#include "server/service.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "model/sentence_splitter.h"
+#include "model/tokenizer.h"
+#include "server/log.h"
+
+namespace anchorserve::server {
+
+namespace v1 = ::anchorserve::v1;
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+// ------------------------------------------------------------------------- Executor
+
+Executor::Executor(int threads) {
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] {
+      for (;;) {
+        std::function<void()> fn;
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+          if (queue_.empty()) return;
+          fn = std::move(queue_.front());
+          queue_.pop_front();
+        }
+        fn();
+      }
+    });
+  }
+}
+
+Executor::~Executor() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void Executor::Post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(fn));
+  }
+  cv_.notify_one();
+}
+
+// ------------------------------------------------------------------------- helpers
+
+namespace {
+
+model::AttentionMode ModeOf(v1::AttentionMode mode, v1::AttentionMode fallback) {
+  if (mode == v1::ATTENTION_MODE_UNSPECIFIED) mode = fallback;
+  return mode == v1::ATTENTION_MODE_FULL ? model::AttentionMode::kFull
+                                         : model::AttentionMode::kAnchor;
+}
+
+model::PositionPolicy PolicyOf(v1::PositionPolicy policy, v1::PositionPolicy fallback) {
+  if (policy == v1::POSITION_POLICY_UNSPECIFIED) policy = fallback;
+  return policy == v1::POSITION_POLICY_COMPACT ? model::PositionPolicy::kCompact
+                                               : model::PositionPolicy::kAbsolute;
+}
+
+v1::FinishReason ReasonOf(scheduler::FinishReason reason) {
+  switch (reason) {
+    case scheduler::FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case scheduler::FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case scheduler::FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
+    case scheduler::FinishReason::kTimedOut: return v1::FINISH_REASON_TIMED_OUT;
+    case scheduler::FinishReason::kError: return v1::FINISH_REASON_ERROR;
+    case scheduler::FinishReason::kNone: break;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+v1::SessionTier TierOf(cache::SessionTier tier) {
+  switch (tier) {
+    case cache::SessionTier::kEmpty: return v1::SESSION_TIER_EMPTY;
+    case cache::SessionTier::kResident: return v1::SESSION_TIER_RESIDENT;
+    case cache::SessionTier::kHost: return v1::SESSION_TIER_HOST;
+    case cache::SessionTier::kDisk: return v1::SESSION_TIER_DISK;
+  }
+  return v1::SESSION_TIER_UNSPECIFIED;
+}
+
+void FillTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t nanos = absl::ToUnixNanos(t);
+  out->set_seconds(nanos / 1000000000);
+  out->set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+void FillSession(const cache::SessionInfo& info, v1::Session* out) {
+  out->set_session_id(info.session_id);
+  out->set_tier(TierOf(info.tier));
+  out->set_turns(info.turns);
+  out->set_kept_kv_tokens(info.accounting.kept_tokens);
+  out->set_full_kv_tokens(info.accounting.full_tokens);
+  out->set_cache_reduction(info.accounting.reduction());
+  out->set_kept_kv_bytes(info.accounting.kept_bytes());
+  out->set_full_kv_bytes(info.accounting.full_bytes());
+  out->set_anchors(info.accounting.anchors);
+  FillTimestamp(info.created, out->mutable_create_time());
+  FillTimestamp(info.last_used, out->mutable_last_used_time());
+}
+
+void FillUsage(const scheduler::Usage& usage, v1::Usage* out) {
+  out->set_prompt_tokens(usage.prompt_tokens);
+  out->set_completion_tokens(usage.completion_tokens);
+  out->set_cached_tokens(usage.cached_tokens);
+  out->set_kept_kv_tokens(usage.kv.kept_tokens);
+  out->set_full_kv_tokens(usage.kv.full_tokens);
+  out->set_cache_reduction(usage.kv.reduction());
+  out->set_kept_kv_bytes(usage.kv.kept_bytes());
+  out->set_full_kv_bytes(usage.kv.full_bytes());
+  out->set_anchors(usage.kv.anchors);
+  out->set_position_policy(usage.position_policy == model::PositionPolicy::kCompact
+                               ? v1::POSITION_POLICY_COMPACT
+                               : v1::POSITION_POLICY_ABSOLUTE);
+}
+
+absl::Status ValidSessionId(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("session_id: must not be empty");
+  if (id.size() > 128) return absl::InvalidArgumentError("session_id: at most 128 characters");
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      return absl::InvalidArgumentError(
+          "session_id: only letters, digits, '-', '_' and '.' are allowed");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------- Generate
+
+// One Generate stream. Lifetime: created by Generate, deleted in OnDone. The engine holds the
+// Sink (a shared_ptr) and may outlive the reactor: the sink then drops events.
+class AnchorServeService::GenerateReactor
+    : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  class Sink : public scheduler::StreamSink {
+   public:
+    explicit Sink(GenerateReactor* reactor) : reactor_(reactor) {}
+    // Recursive: a final write may complete inline and run OnDone (Detach) on this thread.
+    void OnEvent(scheduler::StreamEvent event) override {
+      std::lock_guard<std::recursive_mutex> lock(mu_);
+      if (reactor_ != nullptr) reactor_->Enqueue(std::move(event));
+    }
+    void Detach() {
+      std::lock_guard<std::recursive_mutex> lock(mu_);
+      reactor_ = nullptr;
+    }
+
+   private:
+    std::recursive_mutex mu_;
+    GenerateReactor* reactor_;
+  };
+
+  GenerateReactor(AnchorServeService* service, grpc::CallbackServerContext* context,
+                  const v1::GenerateRequest* request)
+      : service_(service), context_(context), request_(*request), start_(absl::Now()) {
+    ++service_->active_streams_;
+    sink_ = std::make_shared<Sink>(this);
+    auto tenant = service_->Authenticate(*context);
+    if (!tenant.ok()) {
+      FinishWith(ToGrpc(tenant.status()));
+      return;
+    }
+    if (service_->draining_) {
+      FinishWith(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining"));
+      return;
+    }
+    tenant_ = *tenant;
+    service_->executor_.Post([this] { Submit(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) CancelEngineRequest();  // the client went away: stop generating
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) broken_ = true;
+    WriteNextLocked(lock);
+  }
+
+  void OnCancel() override { CancelEngineRequest(); }
+
+  void OnDone() override {
+    sink_->Detach();
+    CancelEngineRequest();  // no-op when finished
+    --service_->active_streams_;
+    delete this;
+  }
+
+ private:
+  void Submit() {
+    std::vector<int32_t> prompt;
+    bool add_bos = true;
+    if (!request_.session_id().empty()) {
+      auto info = service_->engine_->GetSession(tenant_, request_.session_id());
+      if (!info.ok()) {
+        FinishWith(ToGrpc(info.status()));
+        return;
+      }
+      add_bos = info->turns == 0 || request_.add_bos();
+    }
+    auto tokens = service_->PromptTokens(request_, add_bos);
+    if (!tokens.ok()) {
+      FinishWith(ToGrpc(tokens.status()));
+      return;
+    }
+    scheduler::GenerationRequest r;
+    r.tenant = tenant_;
+    r.session_id = request_.session_id();
+    r.prompt_token_ids = *std::move(tokens);
+    r.max_tokens = request_.max_tokens();
+    if (request_.has_temperature()) r.sampling.temperature = request_.temperature();
+    if (request_.has_top_k()) r.sampling.top_k = request_.top_k();
+    if (request_.has_top_p()) r.sampling.top_p = request_.top_p();
+    if (request_.has_min_p()) r.sampling.min_p = request_.min_p();
+    if (request_.has_repetition_penalty()) {
+      r.sampling.repetition_penalty = request_.repetition_penalty();
+    }
+    r.sampling.seed = request_.has_seed() ? request_.seed()
+                                          : static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
+    r.stop_strings.assign(request_.stop().begin(), request_.stop().end());
+    r.stop_token_ids.assign(request_.stop_token_ids().begin(), request_.stop_token_ids().end());
+    r.mode = ModeOf(request_.mode(), service_->options_.default_mode);
+    r.position_policy = PolicyOf(request_.position_policy(), service_->options_.default_policy);
+    for (const auto& span : request_.kept_full_spans()) {
+      r.kept_full_spans.push_back({span.begin(), span.end()});
+    }
+    r.include_anchor_tokens = request_.include_anchor_tokens();
+    r.priority = request_.priority();
+    if (context_->deadline() != std::chrono::system_clock::time_point::max()) {
+      r.deadline = absl::FromChrono(context_->deadline());
+    }
+    auto id = service_->engine_->Submit(std::move(r), sink_);
+    if (!id.ok()) {
+      FinishWith(ToGrpc(id.status()));
+      return;
+    }
+    request_id_ = absl::StrCat("r-", *id);
+    engine_id_ = *id;
+    submitted_ = true;
+    if (cancel_requested_) service_->engine_->Cancel(*id);
+  }
+
+  void CancelEngineRequest() {
+    cancel_requested_ = true;
+    if (submitted_ && !finished_) service_->engine_->Cancel(engine_id_);
+  }
+
+  // Called on the engine thread (through the sink). Never blocks on the network.
+  void Enqueue(scheduler::StreamEvent event) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (first_token_time_ == absl::InfinitePast() && !event.token_ids.empty()) {
+      first_token_time_ = absl::Now();
+    }
+    pending_.push_back(std::move(event));
+    WriteNextLocked(lock);
+  }
+
+  // Starts the next write if none is outstanding; after the final event, finishes the call.
+  void WriteNextLocked(std::unique_lock<std::mutex>& lock) {
+    if (writing_ || done_ || pending_.empty()) return;
+    scheduler::StreamEvent event = std::move(pending_.front());
+    pending_.pop_front();
+    if (broken_ && !event.final) {  // nobody reads any more: wait for the final event
+      WriteNextLocked(lock);
+      return;
+    }
+    current_.Clear();
+    current_.set_text(event.text);
+    current_.mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
+    current_.set_request_id(request_id_);
+    if (event.final) {
+      finished_ = true;
+      done_ = true;
+      current_.set_finish_reason(ReasonOf(event.finish_reason));
+      FillUsage(event.usage, current_.mutable_usage());
+      grpc::Status status = grpc::Status::OK;
+      if (event.finish_reason == scheduler::FinishReason::kTimedOut) {
+        status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the request's deadline passed");
+      } else if (!event.status.ok()) {
+        status = ToGrpc(event.status);
+      }
+      Log(event, status);
+      service_->Record("Generate", status);
+      lock.unlock();
+      // The last message and the status go together; a cancelled client gets only the status.
+      // Nothing touches `this` after these calls: OnDone may already have deleted it.
+      if (broken_ || context_->IsCancelled()) {
+        Finish(status);
+      } else {
+        StartWriteAndFinish(&current_, grpc::WriteOptions(), status);
+      }
+      return;
+    }
+    writing_ = true;
+    lock.unlock();
+    StartWrite(&current_);
+  }
+
+  void FinishWith(const grpc::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (done_) return;
+      done_ = true;
+    }
+    service_->Record("Generate", status);
+    Finish(status);
+  }
+
+  void Log(const scheduler::StreamEvent& event, const grpc::Status& status) {
+    const double ttft = first_token_time_ == absl::InfinitePast()
+                            ? -1
+                            : absl::ToDoubleMilliseconds(first_token_time_ - start_);
+    LogEvent("generate", request_id_, request_.session_id(),
+             absl::StrFormat("status=%d finish=%s prompt_tokens=%d completion_tokens=%d "
+                             "cached_tokens=%d kept_kv=%d full_kv=%d ttft_ms=%.1f e2e_ms=%.1f",
+                             static_cast<int>(status.error_code()),
+                             scheduler::FinishReasonName(event.finish_reason),
+                             event.usage.prompt_tokens, event.usage.completion_tokens,
+                             event.usage.cached_tokens, event.usage.kv.kept_tokens,
+                             event.usage.kv.full_tokens, ttft,
+                             absl::ToDoubleMilliseconds(absl::Now() - start_)));
+  }
+
+  AnchorServeService* service_;
+  grpc::CallbackServerContext* context_;
+  const v1::GenerateRequest request_;
+  std::string tenant_;
+  std::shared_ptr<Sink> sink_;
+  std::atomic<bool> submitted_{false}, finished_{false}, cancel_requested_{false};
+  uint64_t engine_id_ = 0;
+  std::string request_id_;
+  const absl::Time start_;
+
+  std::mutex mu_;  // guards the fields below
+  std::deque<scheduler::StreamEvent> pending_;
+  v1::GenerateResponse current_;
+  bool writing_ = false;
+  bool done_ = false;
+  bool broken_ = false;  // a write failed: the client is gone
+  absl::Time first_token_time_ = absl::InfinitePast();
+};
+
+// ------------------------------------------------------------------------- service
+
+AnchorServeService::AnchorServeService(scheduler::Engine* engine, Metrics* metrics,
+                                       ServiceOptions options)
+    : engine_(engine),
+      metrics_(metrics),
+      options_(std::move(options)),
+      executor_(options_.executor_threads) {}
+
+AnchorServeService::~AnchorServeService() = default;
+
+absl::StatusOr<std::string> AnchorServeService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  if (!options_.auth_enabled) return std::string("default");
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("missing authorization metadata (Bearer token)");
+  }
+  const std::string value(it->second.data(), it->second.size());
+  constexpr absl::string_view kBearer = "Bearer ";
+  if (!absl::StartsWith(value, kBearer)) {
+    return absl::UnauthenticatedError("authorization must be \"Bearer <token>\"");
+  }
+  auto tenant = options_.tokens.find(value.substr(kBearer.size()));
+  if (tenant == options_.tokens.end()) return absl::UnauthenticatedError("unknown token");
+  return tenant->second;
+}
+
+absl::StatusOr<std::vector<int32_t>> AnchorServeService::PromptTokens(
+    const v1::GenerateRequest& request, bool add_bos) const {
+  const int inputs = (!request.prompt().empty()) + (request.prompt_token_ids_size() > 0) +
+                     (request.messages_size() > 0);
+  if (inputs != 1) {
+    return absl::InvalidArgumentError(
+        "prompt: give exactly one of prompt, prompt_token_ids and messages");
+  }
+  if (request.prompt_token_ids_size() > 0) {
+    return std::vector<int32_t>(request.prompt_token_ids().begin(),
+                                request.prompt_token_ids().end());
+  }
+  const model::Tokenizer* tokenizer = engine_->tokenizer();
+  if (tokenizer == nullptr) {
+    return absl::FailedPreconditionError(
+        "prompt: the model has no tokenizer.model; send prompt_token_ids");
+  }
+  const model::AnchorSpec& anchors = engine_->model_info().anchors;
+  v1::AnchorInsertion insertion = request.anchor_insertion();
+  if (insertion == v1::ANCHOR_INSERTION_UNSPECIFIED) insertion = options_.default_insertion;
+  const bool ac = anchors.kind == model::AnchorKind::kAc;
+  std::string text;
+  if (request.messages_size() > 0) {
+    for (const std::string& m : request.messages()) {
+      if (!text.empty()) text += "\n";
+      text += m;
+      if (ac && insertion != v1::ANCHOR_INSERTION_NONE && insertion != v1::ANCHOR_INSERTION_CLIENT) {
+        text += " " + anchors.anchor_token;
+      }
+    }
+  } else {
+    text = request.prompt();
+    if (ac && insertion == v1::ANCHOR_INSERTION_SENTENCES) {
+      text = model::InsertAnchorsAtSentenceEnds(text, anchors.anchor_token, false);
+    } else if (ac && insertion == v1::ANCHOR_INSERTION_MESSAGES) {
+      text += " " + anchors.anchor_token;  // the whole prompt is one message
+    }
+  }
+  return tokenizer->Encode(text, add_bos);
+}
+
+void AnchorServeService::Record(const char* rpc, const grpc::Status& status) {
+  (void)rpc;
+  (void)status;  // metrics land with server/metrics.h
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::Unary(
+    grpc::CallbackServerContext* context, const char* rpc,
+    std::function<absl::Status(const std::string& tenant)> work) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto tenant = Authenticate(*context);
+  if (!tenant.ok()) {
+    const grpc::Status status = ToGrpc(tenant.status());
+    Record(rpc, status);
+    reactor->Finish(status);
+    return reactor;
+  }
+  if (draining_) {
+    const grpc::Status status(grpc::StatusCode::UNAVAILABLE, "the server is draining");
+    Record(rpc, status);
+    reactor->Finish(status);
+    return reactor;
+  }
+  executor_.Post([this, reactor, rpc, tenant = *tenant, work = std::move(work)] {
+    const grpc::Status status = ToGrpc(work(tenant));
+    Record(rpc, status);
+    reactor->Finish(status);
+  });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* AnchorServeService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  return new GenerateReactor(this, context, request);
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::CreateSession(
+    grpc::CallbackServerContext* context, const v1::CreateSessionRequest* request,
+    v1::CreateSessionResponse* response) {
+  return Unary(context, "CreateSession", [this, request, response](const std::string& tenant) {
+    std::string id = request->session_id();
+    if (id.empty()) {
+      id = absl::StrFormat("s-%016x-%d", absl::ToUnixNanos(absl::Now()), ++session_counter_);
+    }
+    if (absl::Status s = ValidSessionId(id); !s.ok()) return s;
+    if (static_cast<int32_t>(engine_->ListSessions(tenant).size()) >=
+        options_.max_sessions_per_tenant) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "sessions: the tenant already holds the maximum of ", options_.max_sessions_per_tenant));
+    }
+    if (absl::Status s = engine_->CreateSession(tenant, id); !s.ok()) return s;
+    auto info = engine_->GetSession(tenant, id);
+    if (!info.ok()) return info.status();
+    FillSession(*info, response->mutable_session());
+    LogEvent("create_session", "-", id, "status=0");
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::GetSession(grpc::CallbackServerContext* context,
+                                                         const v1::GetSessionRequest* request,
+                                                         v1::GetSessionResponse* response) {
+  return Unary(context, "GetSession", [this, request, response](const std::string& tenant) {
+    auto info = engine_->GetSession(tenant, request->session_id());
+    if (!info.ok()) return info.status();
+    FillSession(*info, response->mutable_session());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::ListSessions(
+    grpc::CallbackServerContext* context, const v1::ListSessionsRequest* request,
+    v1::ListSessionsResponse* response) {
+  return Unary(context, "ListSessions", [this, request, response](const std::string& tenant) {
+    if (request->page_size() < 0 || request->page_size() > 1000) {
+      return absl::InvalidArgumentError("page_size: must be in [0, 1000]");
+    }
+    const int32_t page = request->page_size() == 0 ? 100 : request->page_size();
+    std::vector<cache::SessionInfo> all = engine_->ListSessions(tenant);
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
+      return a.session_id < b.session_id;
+    });
+    // The page token is the last session id of the previous page.
+    auto it = all.begin();
+    if (!request->page_token().empty()) {
+      it = std::upper_bound(all.begin(), all.end(), request->page_token(),
+                            [](const std::string& token, const cache::SessionInfo& info) {
+                              return token < info.session_id;
+                            });
+    }
+    for (int32_t n = 0; it != all.end() && n < page; ++it, ++n) {
+      FillSession(*it, response->add_sessions());
+    }
+    if (it != all.end()) response->set_next_page_token((it - 1)->session_id);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::DeleteSession(
+    grpc::CallbackServerContext* context, const v1::DeleteSessionRequest* request,
+    v1::DeleteSessionResponse*) {
+  return Unary(context, "DeleteSession", [this, request](const std::string& tenant) {
+    absl::Status s = engine_->DeleteSession(tenant, request->session_id());
+    LogEvent("delete_session", "-", request->session_id(), absl::StrCat("status=", s.code()));
+    return s;
+  });
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::ExportSession(
+    grpc::CallbackServerContext* context, const v1::ExportSessionRequest* request,
+    v1::ExportSessionResponse* response) {
+  return Unary(context, "ExportSession", [this, request, response](const std::string& tenant) {
+    auto bytes = engine_->ExportSession(tenant, request->session_id());
+    if (!bytes.ok()) return bytes.status();
+    response->set_state(*std::move(bytes));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::ImportSession(
+    grpc::CallbackServerContext* context, const v1::ImportSessionRequest* request,
+    v1::ImportSessionResponse* response) {
+  return Unary(context, "ImportSession", [this, request, response](const std::string& tenant) {
+    if (absl::Status s = ValidSessionId(request->session_id()); !s.ok()) return s;
+    if (request->state().empty()) return absl::InvalidArgumentError("state: must not be empty");
+    if (absl::Status s = engine_->ImportSession(tenant, request->session_id(), request->state());
+        !s.ok()) {
+      return s;
+    }
+    auto info = engine_->GetSession(tenant, request->session_id());
+    if (!info.ok()) return info.status();
+    FillSession(*info, response->mutable_session());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                           const v1::GetModelInfoRequest*,
+                                                           v1::GetModelInfoResponse* response) {
+  return Unary(context, "GetModelInfo", [this, response](const std::string&) {
+    const scheduler::ModelInfo& info = engine_->model_info();
+    const model::ModelConfig& c = info.config;
+    response->set_model_name(info.model_dir);
+    response->set_fingerprint(info.fingerprint);
+    response->set_anchor_type(std::string(model::AnchorKindName(info.anchors.kind)));
+    for (int32_t id : info.anchors.token_ids) response->add_anchor_token_ids(id);
+    response->set_anchor_token(info.anchors.anchor_token);
+    response->set_vocab_size(static_cast<int32_t>(c.vocab_size));
+    response->set_max_position_embeddings(static_cast<int32_t>(c.max_position_embeddings));
+    response->set_num_layers(static_cast<int32_t>(c.num_hidden_layers));
+    response->set_hidden_size(static_cast<int32_t>(c.hidden_size));
+    response->set_num_attention_heads(static_cast<int32_t>(c.num_attention_heads));
+    response->set_num_key_value_heads(static_cast<int32_t>(c.num_key_value_heads));
+    response->set_bos_token_id(c.bos_token_id);
+    for (int32_t id : c.eos_token_ids) response->add_eos_token_ids(id);
+    response->set_pad_token_id(info.anchors.pad_id);
+    response->set_kv_bytes_per_token(2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim *
+                                     (info.precision == model::Precision::kBFloat16 ? 2 : 4));
+    response->set_dtype(std::string(model::PrecisionName(info.precision)));
+    response->set_device(std::string(model::DeviceName(info.device)));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AnchorServeService::Tokenize(grpc::CallbackServerContext* context,
+                                                       const v1::TokenizeRequest* request,
+                                                       v1::TokenizeResponse* response) {
+  return Unary(context, "Tokenize", [this, request, response](const std::string&) {
+    v1::GenerateRequest as_prompt;
+    as_prompt.set_prompt(request->text());
+    as_prompt.set_anchor_insertion(request->anchor_insertion());
+    if (request->text().empty()) return absl::InvalidArgumentError("text: must not be empty");
+    auto ids = PromptTokens(as_prompt, request->add_bos());
+    if (!ids.ok()) return ids.status();
+    for (int32_t id : *ids) {
+      response->add_token_ids(id);
+      response->add_pieces(engine_->tokenizer()->IdToPiece(id));
+    }
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace anchorserve::server
