@@ -87,6 +87,9 @@ struct Engine::Impl {
     int64_t generated = 0;
     int32_t pending = -1;   // sampled, emitted, not yet fed
     int64_t cached_tokens = 0;
+    cache::KvAccounting kv_before;
+    absl::Time submitted = absl::Now();
+    absl::Duration queue_time;
     std::vector<float> logits;
   };
   std::unique_ptr<cache::BlockPool> pool;
@@ -447,7 +450,8 @@ bool Engine::Impl::Start(Request& r) {
                    model::PositionPolicyName(base->options().policy))));
         return true;
       }
-      r.cached_tokens = base->accounting().full_tokens;
+      r.kv_before = base->accounting();
+      r.cached_tokens = r.kv_before.full_tokens;
       auto fork = resident->Fork(**acquired);
       if (!fork.ok()) {
         (void)sessions->Abandon(r.req.tenant, r.req.session_id);
@@ -468,6 +472,7 @@ bool Engine::Impl::Start(Request& r) {
     r.handle = resident->Insert(*std::move(seq));
   }
   r.running = true;
+  r.queue_time = absl::Now() - r.submitted;
   r.sampler = std::make_unique<model::Sampler>(r.req.sampling);
   if (tokenizer) {
     model::Tokenizer::DecodeOptions decode;
@@ -559,7 +564,7 @@ void Engine::Impl::Sample(Request& r) {
   ++r.generated;
   r.pending = token;  // fed at the next step (or at commit)
   const auto& eos = info.config.eos_token_ids;
-  const bool stop = std::find(eos.begin(), eos.end(), token) != eos.end() ||
+  const bool stop = (!r.req.ignore_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) ||
                     std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), token) !=
                         r.req.stop_token_ids.end();
   if (stop) {
@@ -626,6 +631,8 @@ void Engine::Impl::Finish(Request& r, FinishReason reason, absl::Status status) 
   event.usage.prompt_tokens = static_cast<int64_t>(r.req.prompt_token_ids.size());
   event.usage.completion_tokens = r.generated;
   event.usage.cached_tokens = r.cached_tokens;
+  event.usage.kv_before = r.kv_before;
+  event.usage.queue_time = r.queue_time;
   event.usage.position_policy = r.req.position_policy;
   if (seq != nullptr) event.usage.kv = seq->accounting();
   if (!r.req.session_id.empty() && r.session_acquired) {

@@ -49,13 +49,16 @@ struct GenerationRequest {
   model::PositionPolicy position_policy = model::PositionPolicy::kAbsolute;
   std::vector<KeptFullSpan> kept_full_spans;
   bool include_anchor_tokens = false;     // show generated <AC> in the streamed text
+  bool ignore_eos = false;                // keep generating past EOS (benchmarks)
 };
 
 struct Usage {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;  // history reused from the session (not prefilled again)
-  cache::KvAccounting kv;     // the sequence after this turn
+  cache::KvAccounting kv;         // the sequence after this turn
+  cache::KvAccounting kv_before;  // the session's state when the turn started (zero one-shot)
+  absl::Duration queue_time;      // submitted -> bound to a sequence
   model::PositionPolicy position_policy = model::PositionPolicy::kAbsolute;
 };
 

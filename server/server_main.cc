@@ -11,9 +11,11 @@
 #include <fstream>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "server/log.h"
+#include "server/metrics.h"
 
 namespace anchorserve::server {
 namespace {
@@ -88,12 +90,61 @@ int RunServer(const RunOptions& options) {
     std::fprintf(stderr, "anchorserve: effective configuration:\n%s\n",
                  options.effective_config.c_str());
   }
+  std::unique_ptr<Metrics> metrics;
+  if (!options.metrics_listen.empty()) {
+    auto created = Metrics::Create(options.metrics_listen);
+    if (!created.ok()) {
+      LogEvent("start_failed", "-", "", absl::StrCat("error=\"metrics: ", created.status().ToString(), "\""));
+      return 1;
+    }
+    metrics = *std::move(created);
+    metrics->SetServing(false);
+  }
   auto engine = scheduler::Engine::Create(options.engine);
   if (!engine.ok()) {
     LogEvent("start_failed", "-", "", absl::StrCat("error=\"", engine.status().ToString(), "\""));
     return 1;
   }
-  AnchorServeService service(engine->get(), /*metrics=*/nullptr, options.service);
+  if (metrics != nullptr) {
+    (void)metrics->SetBuildInfo({ANCHORSERVE_VERSION,
+                                 std::string(model::DeviceName(options.engine.load.device)),
+                                 std::string(model::PrecisionName(options.engine.load.precision))});
+    (void)metrics->SetModelInfo(model::AnchorKindName((*engine)->model_info().anchors.kind));
+  }
+  AnchorServeService service(engine->get(), metrics.get(), options.service);
+  // Gauges that mirror engine state, refreshed once a second.
+  std::mutex poll_mu;
+  std::condition_variable poll_cv;
+  bool poll_stop = false;
+  std::thread poller;
+  if (metrics != nullptr) {
+    poller = std::thread([&] {
+      std::unique_lock<std::mutex> lock(poll_mu);
+      while (!poll_cv.wait_for(lock, std::chrono::seconds(1), [&] { return poll_stop; })) {
+        lock.unlock();
+        const scheduler::EngineStats stats = (*engine)->Stats();
+        metrics->SetQueue(stats.running, stats.waiting);
+        metrics->SetKvPool(stats.kv_blocks_used, stats.kv_blocks_total);
+        SessionsByTier tiers;
+        tiers.resident = {stats.sessions.resident.sessions, stats.sessions.resident.bytes};
+        tiers.host = {stats.sessions.host.sessions, stats.sessions.host.bytes};
+        tiers.disk = {stats.sessions.disk.sessions, stats.sessions.disk.bytes};
+        tiers.empty_sessions = stats.sessions.empty_sessions;
+        metrics->SetSessions(tiers);
+        metrics->SyncEngineTotals({stats.preemptions, stats.steps});
+        lock.lock();
+      }
+    });
+  }
+  auto stop_poller = [&] {
+    if (!poller.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(poll_mu);
+      poll_stop = true;
+    }
+    poll_cv.notify_all();
+    poller.join();
+  };
   auto credentials = Credentials(options);
   if (!credentials.ok()) {
     LogEvent("start_failed", "-", "", absl::StrCat("error=\"", credentials.status().ToString(), "\""));
@@ -124,13 +175,21 @@ int RunServer(const RunOptions& options) {
   if (absl::Status warm = WarmUp(**engine); !warm.ok()) {
     LogEvent("start_failed", "-", "", absl::StrCat("error=\"warm-up: ", warm.ToString(), "\""));
     server->Shutdown();
+    stop_poller();
     return 1;
   }
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
+  if (metrics != nullptr) metrics->SetServing(true);
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  std::string metrics_at = "off";
+  if (metrics != nullptr) {
+    metrics_at = absl::StrCat(options.metrics_listen.substr(0, options.metrics_listen.rfind(':')),
+                              ":", metrics->port());
+  }
   LogEvent("serving", "-", "",
-           absl::StrCat("listen=", host, ":", port, " model=", options.engine.model_dir,
+           absl::StrCat("listen=", host, ":", port, " metrics=", metrics_at,
+                        " model=", options.engine.model_dir,
                         " anchors=", model::AnchorKindName((*engine)->model_info().anchors.kind)));
 
   int signal = 0;
@@ -140,9 +199,14 @@ int RunServer(const RunOptions& options) {
                         " timeout_s=", absl::ToDoubleSeconds(options.drain_timeout)));
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
+  if (metrics != nullptr) {
+    metrics->SetServing(false);
+    metrics->SetDraining(true);
+  }
   service.StartDrain();
   const absl::Status drained = (*engine)->Drain(options.drain_timeout);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  stop_poller();
   LogEvent("drain_done", "-", "", absl::StrCat("sessions_persisted=", drained.ok() ? "yes" : "no",
                                                drained.ok() ? "" : " error=\"" + drained.ToString() + "\""));
   return drained.ok() ? 0 : 1;

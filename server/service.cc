@@ -9,6 +9,7 @@
 #include "model/sentence_splitter.h"
 #include "model/tokenizer.h"
 #include "server/log.h"
+#include "server/metrics.h"
 
 namespace anchorserve::server {
 
@@ -242,12 +243,16 @@ class AnchorServeService::GenerateReactor
       r.kept_full_spans.push_back({span.begin(), span.end()});
     }
     r.include_anchor_tokens = request_.include_anchor_tokens();
+    r.ignore_eos = request_.ignore_eos();
     r.priority = request_.priority();
     if (context_->deadline() != std::chrono::system_clock::time_point::max()) {
       r.deadline = absl::FromChrono(context_->deadline());
     }
     auto id = service_->engine_->Submit(std::move(r), sink_);
     if (!id.ok()) {
+      if (absl::IsResourceExhausted(id.status()) && service_->metrics_ != nullptr) {
+        service_->metrics_->RecordQueueRejection();
+      }
       FinishWith(ToGrpc(id.status()));
       return;
     }
@@ -265,9 +270,18 @@ class AnchorServeService::GenerateReactor
   // Called on the engine thread (through the sink). Never blocks on the network.
   void Enqueue(scheduler::StreamEvent event) {
     std::unique_lock<std::mutex> lock(mu_);
-    if (first_token_time_ == absl::InfinitePast() && !event.token_ids.empty()) {
-      first_token_time_ = absl::Now();
+    if (!event.token_ids.empty()) {
+      const absl::Time now = absl::Now();
+      Metrics* m = service_->metrics_;
+      if (first_token_time_ == absl::InfinitePast()) {
+        first_token_time_ = now;
+        if (m != nullptr) m->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - start_));
+      } else if (m != nullptr) {
+        m->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - last_token_time_));
+      }
+      last_token_time_ = now;
     }
+    if (event.final) Observe(event);
     pending_.push_back(std::move(event));
     WriteNextLocked(lock);
   }
@@ -297,7 +311,7 @@ class AnchorServeService::GenerateReactor
         status = ToGrpc(event.status);
       }
       Log(event, status);
-      service_->Record("Generate", status);
+      service_->Record(Rpc::kGenerate, status);
       lock.unlock();
       // The last message and the status go together; a cancelled client gets only the status.
       // Nothing touches `this` after these calls: OnDone may already have deleted it.
@@ -313,13 +327,46 @@ class AnchorServeService::GenerateReactor
     StartWrite(&current_);
   }
 
+  // Request-level metrics of a finished stream.
+  void Observe(const scheduler::StreamEvent& event) {
+    Metrics* m = service_->metrics_;
+    if (m == nullptr) return;
+    m->ObserveRequestDuration(absl::ToDoubleSeconds(absl::Now() - start_));
+    m->ObserveQueueTime(absl::ToDoubleSeconds(event.usage.queue_time));
+    m->AddPromptTokens(event.usage.prompt_tokens);
+    m->AddGenerationTokens(event.usage.completion_tokens);
+    switch (event.finish_reason) {
+      case scheduler::FinishReason::kStop:
+      case scheduler::FinishReason::kLength: {
+        TurnStats turn;
+        turn.in_session = !request_.session_id().empty();
+        const auto& b = event.usage.kv_before;
+        const auto& a = event.usage.kv;
+        turn.before = {b.kept_tokens, b.full_tokens, b.anchors};
+        turn.after = {a.kept_tokens, a.full_tokens, a.anchors};
+        turn.bytes_per_token = a.bytes_per_token;
+        m->ObserveTurn(turn);
+        break;
+      }
+      case scheduler::FinishReason::kCancelled:
+        m->RecordCancellation(absl::IsUnavailable(event.status) ? CancellationReason::kDrain
+                                                                : CancellationReason::kClient);
+        break;
+      case scheduler::FinishReason::kTimedOut:
+        m->RecordCancellation(CancellationReason::kDeadline);
+        break;
+      default:
+        break;
+    }
+  }
+
   void FinishWith(const grpc::Status& status) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (done_) return;
       done_ = true;
     }
-    service_->Record("Generate", status);
+    service_->Record(Rpc::kGenerate, status);
     Finish(status);
   }
 
@@ -355,6 +402,7 @@ class AnchorServeService::GenerateReactor
   bool done_ = false;
   bool broken_ = false;  // a write failed: the client is gone
   absl::Time first_token_time_ = absl::InfinitePast();
+  absl::Time last_token_time_ = absl::InfinitePast();
 };
 
 // ------------------------------------------------------------------------- service
@@ -427,13 +475,13 @@ absl::StatusOr<std::vector<int32_t>> AnchorServeService::PromptTokens(
   return tokenizer->Encode(text, add_bos);
 }
 
-void AnchorServeService::Record(const char* rpc, const grpc::Status& status) {
-  (void)rpc;
-  (void)status;  // metrics land with server/metrics.h
+void AnchorServeService::Record(Rpc rpc, const grpc::Status& status) {
+  // gRPC and Abseil number their status codes the same way.
+  if (metrics_ != nullptr) metrics_->RecordRequest(rpc, static_cast<absl::StatusCode>(status.error_code()));
 }
 
 grpc::ServerUnaryReactor* AnchorServeService::Unary(
-    grpc::CallbackServerContext* context, const char* rpc,
+    grpc::CallbackServerContext* context, Rpc rpc,
     std::function<absl::Status(const std::string& tenant)> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto tenant = Authenticate(*context);
@@ -465,7 +513,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* AnchorServeService::Generate(
 grpc::ServerUnaryReactor* AnchorServeService::CreateSession(
     grpc::CallbackServerContext* context, const v1::CreateSessionRequest* request,
     v1::CreateSessionResponse* response) {
-  return Unary(context, "CreateSession", [this, request, response](const std::string& tenant) {
+  return Unary(context, Rpc::kCreateSession, [this, request, response](const std::string& tenant) {
     std::string id = request->session_id();
     if (id.empty()) {
       id = absl::StrFormat("s-%016x-%d", absl::ToUnixNanos(absl::Now()), ++session_counter_);
@@ -488,7 +536,7 @@ grpc::ServerUnaryReactor* AnchorServeService::CreateSession(
 grpc::ServerUnaryReactor* AnchorServeService::GetSession(grpc::CallbackServerContext* context,
                                                          const v1::GetSessionRequest* request,
                                                          v1::GetSessionResponse* response) {
-  return Unary(context, "GetSession", [this, request, response](const std::string& tenant) {
+  return Unary(context, Rpc::kGetSession, [this, request, response](const std::string& tenant) {
     auto info = engine_->GetSession(tenant, request->session_id());
     if (!info.ok()) return info.status();
     FillSession(*info, response->mutable_session());
@@ -499,7 +547,7 @@ grpc::ServerUnaryReactor* AnchorServeService::GetSession(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* AnchorServeService::ListSessions(
     grpc::CallbackServerContext* context, const v1::ListSessionsRequest* request,
     v1::ListSessionsResponse* response) {
-  return Unary(context, "ListSessions", [this, request, response](const std::string& tenant) {
+  return Unary(context, Rpc::kListSessions, [this, request, response](const std::string& tenant) {
     if (request->page_size() < 0 || request->page_size() > 1000) {
       return absl::InvalidArgumentError("page_size: must be in [0, 1000]");
     }
@@ -527,7 +575,7 @@ grpc::ServerUnaryReactor* AnchorServeService::ListSessions(
 grpc::ServerUnaryReactor* AnchorServeService::DeleteSession(
     grpc::CallbackServerContext* context, const v1::DeleteSessionRequest* request,
     v1::DeleteSessionResponse*) {
-  return Unary(context, "DeleteSession", [this, request](const std::string& tenant) {
+  return Unary(context, Rpc::kDeleteSession, [this, request](const std::string& tenant) {
     absl::Status s = engine_->DeleteSession(tenant, request->session_id());
     LogEvent("delete_session", "-", request->session_id(), absl::StrCat("status=", s.code()));
     return s;
@@ -537,7 +585,7 @@ grpc::ServerUnaryReactor* AnchorServeService::DeleteSession(
 grpc::ServerUnaryReactor* AnchorServeService::ExportSession(
     grpc::CallbackServerContext* context, const v1::ExportSessionRequest* request,
     v1::ExportSessionResponse* response) {
-  return Unary(context, "ExportSession", [this, request, response](const std::string& tenant) {
+  return Unary(context, Rpc::kExportSession, [this, request, response](const std::string& tenant) {
     auto bytes = engine_->ExportSession(tenant, request->session_id());
     if (!bytes.ok()) return bytes.status();
     response->set_state(*std::move(bytes));
@@ -548,7 +596,7 @@ grpc::ServerUnaryReactor* AnchorServeService::ExportSession(
 grpc::ServerUnaryReactor* AnchorServeService::ImportSession(
     grpc::CallbackServerContext* context, const v1::ImportSessionRequest* request,
     v1::ImportSessionResponse* response) {
-  return Unary(context, "ImportSession", [this, request, response](const std::string& tenant) {
+  return Unary(context, Rpc::kImportSession, [this, request, response](const std::string& tenant) {
     if (absl::Status s = ValidSessionId(request->session_id()); !s.ok()) return s;
     if (request->state().empty()) return absl::InvalidArgumentError("state: must not be empty");
     if (absl::Status s = engine_->ImportSession(tenant, request->session_id(), request->state());
@@ -565,7 +613,7 @@ grpc::ServerUnaryReactor* AnchorServeService::ImportSession(
 grpc::ServerUnaryReactor* AnchorServeService::GetModelInfo(grpc::CallbackServerContext* context,
                                                            const v1::GetModelInfoRequest*,
                                                            v1::GetModelInfoResponse* response) {
-  return Unary(context, "GetModelInfo", [this, response](const std::string&) {
+  return Unary(context, Rpc::kGetModelInfo, [this, response](const std::string&) {
     const scheduler::ModelInfo& info = engine_->model_info();
     const model::ModelConfig& c = info.config;
     response->set_model_name(info.model_dir);
@@ -593,7 +641,7 @@ grpc::ServerUnaryReactor* AnchorServeService::GetModelInfo(grpc::CallbackServerC
 grpc::ServerUnaryReactor* AnchorServeService::Tokenize(grpc::CallbackServerContext* context,
                                                        const v1::TokenizeRequest* request,
                                                        v1::TokenizeResponse* response) {
-  return Unary(context, "Tokenize", [this, request, response](const std::string&) {
+  return Unary(context, Rpc::kTokenize, [this, request, response](const std::string&) {
     v1::GenerateRequest as_prompt;
     as_prompt.set_prompt(request->text());
     as_prompt.set_anchor_insertion(request->anchor_insertion());

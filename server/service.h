@@ -22,6 +22,7 @@
 namespace anchorserve::server {
 
 class Metrics;
+enum class Rpc;
 
 struct ServiceOptions {
   bool auth_enabled = false;
@@ -96,9 +97,9 @@ class AnchorServeService final : public anchorserve::v1::AnchorServe::CallbackSe
  private:
   class GenerateReactor;
   // Runs `work` on the executor and finishes the unary call with its status.
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* rpc,
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Rpc rpc,
                                   std::function<absl::Status(const std::string& tenant)> work);
-  void Record(const char* rpc, const grpc::Status& status);
+  void Record(Rpc rpc, const grpc::Status& status);
 
   scheduler::Engine* engine_;
   Metrics* metrics_;

@@ -13,6 +13,10 @@ import tempfile
 import threading
 import time
 import unittest
+import json
+import shutil
+import socket
+import urllib.request
 
 sys.path.insert(0, os.environ["ANCHORSERVE_PY_STUBS"])
 import grpc  # noqa: E402
@@ -32,7 +36,8 @@ class Server:
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [BIN, "--model", MODEL, "--listen", "127.0.0.1:0", *flags],
+            [BIN, "--model", MODEL, "--listen", "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0",
+             *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
         self.port = None
         deadline = time.time() + 60
@@ -41,9 +46,10 @@ class Server:
             if not line:
                 break
             self.log_lines.append(line)
-            m = re.search(r" serving .*listen=[0-9.]+:(\d+)", line)
+            m = re.search(r" serving .*listen=[0-9.]+:(\d+) metrics=[0-9.]+:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
+                self.metrics_port = int(m.group(2))
                 break
         if self.port is None:
             self.proc.kill()
@@ -57,6 +63,15 @@ class Server:
     def _drain_output(self):
         for line in self.proc.stdout:
             self.log_lines.append(line)
+
+    def metrics(self):
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=10).read().decode()
+
+    def metric(self, name, labels=""):
+        pattern = re.escape(name + (("{" + labels + "}") if labels else "")) + r" ([0-9.e+-]+)"
+        m = re.search(pattern, self.metrics())
+        return float(m.group(1)) if m else None
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
         self.channel.close()
@@ -158,7 +173,7 @@ class GenerateAndSessions(unittest.TestCase):
 
     def test_cancel_mid_stream(self):
         call = self.server.stub.Generate(pb.GenerateRequest(prompt="Endless story.",
-                                                            max_tokens=3000), timeout=60)
+                                                            max_tokens=3000, ignore_eos=True), timeout=60)
         first = next(call)
         self.assertTrue(first.token_ids)
         call.cancel()
@@ -170,9 +185,82 @@ class GenerateAndSessions(unittest.TestCase):
         self.assertEqual(generate(self.server.stub, prompt="Next.", max_tokens=2)[-1]
                          .finish_reason, pb.FINISH_REASON_LENGTH)
 
+    def test_cancel_returns_the_kv_pool_to_its_baseline(self):
+        call = self.server.stub.Generate(pb.GenerateRequest(prompt="Endless story.",
+                                                            max_tokens=3000, ignore_eos=True), timeout=60)
+        next(call)
+        deadline = time.time() + 5
+        while time.time() < deadline and not self.server.metric(
+                "anchorserve_kv_pool_blocks", 'state="used"'):
+            time.sleep(0.2)
+        self.assertGreater(self.server.metric("anchorserve_kv_pool_blocks", 'state="used"'), 0)
+        call.cancel()
+        deadline = time.time() + 5
+        while time.time() < deadline and self.server.metric(
+                "anchorserve_kv_pool_blocks", 'state="used"') != 0:
+            time.sleep(0.2)
+        self.assertEqual(self.server.metric("anchorserve_kv_pool_blocks", 'state="used"'), 0)
+        self.assertGreaterEqual(
+            self.server.metric("anchorserve_cancellations_total", 'reason="client"'), 1)
+
+    def test_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(self):
+        generate(self.server.stub, prompt="Metrics. Please.", max_tokens=3)
+        text = self.server.metrics()
+        for family in ("anchorserve_requests_total", "anchorserve_time_to_first_token_seconds",
+                       "anchorserve_turn_cache_reduction_ratio", "anchorserve_kv_pool_usage_ratio",
+                       "anchorserve_sessions"):
+            self.assertIn(family, text)
+        self.assertNotIn("private-session", text)
+        promtool = shutil.which("promtool")
+        if promtool:
+            # prometheus-cpp adds its own exposer_* families in microseconds; promtool's lint
+            # notes about them are not errors.
+            check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                                   capture_output=True)
+            problems = [l for l in (check.stdout + check.stderr).splitlines()
+                        if l.startswith("anchorserve_")]
+            self.assertEqual(problems, [])
+        prometheus = shutil.which("prometheus")
+        if not prometheus:
+            self.skipTest("Debian's prometheus is not installed")
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            web_port = sock.getsockname()[1]
+            sock.close()
+            config = os.path.join(tmp, "prometheus.yml")
+            with open(config, "w") as f:
+                f.write("global: {scrape_interval: 1s}\nscrape_configs:\n"
+                        "  - job_name: anchorserve\n    static_configs:\n"
+                        f"      - targets: ['127.0.0.1:{self.server.metrics_port}']\n")
+            proc = subprocess.Popen([prometheus, f"--config.file={config}",
+                                     f"--storage.tsdb.path={tmp}/data",
+                                     f"--web.listen-address=127.0.0.1:{web_port}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                health = None
+                deadline = time.time() + 30
+                while time.time() < deadline:
+                    try:
+                        targets = json.load(urllib.request.urlopen(
+                            f"http://127.0.0.1:{web_port}/api/v1/targets", timeout=2))
+                        active = targets["data"]["activeTargets"]
+                        if active and active[0]["health"] == "up":
+                            health = active[0]
+                            break
+                    except OSError:
+                        pass
+                    time.sleep(0.5)
+                self.assertIsNotNone(health, "Prometheus never saw the target up")
+                self.assertEqual(health["lastError"], "")
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+
     def test_deadline(self):
         with self.assertRaises(grpc.RpcError) as err:
-            generate(self.server.stub, prompt="Slow.", max_tokens=4000, timeout=0.3)
+            generate(self.server.stub, prompt="Slow.", max_tokens=4000, ignore_eos=True,
+                     timeout=0.3)
         self.assertEqual(err.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def test_bad_inputs_name_the_field(self):
@@ -239,7 +327,7 @@ class Drain(unittest.TestCase):
         def run():
             try:
                 msgs = list(server.stub.Generate(pb.GenerateRequest(prompt="Long.",
-                                                                     max_tokens=4000),
+                                                                     max_tokens=4000, ignore_eos=True),
                                                  timeout=120))
                 results["finish"] = msgs[-1].finish_reason
             except grpc.RpcError as e:
