@@ -98,6 +98,17 @@ int64_t PagedSequence::blocks_held() const {
                               sentence_.blocks.size());
 }
 
+int64_t PagedSequence::BlocksForNext(int32_t token) const {
+  const int64_t bt = pool_->block_tokens();
+  const Region* region = &sentence_;
+  if (options_.mode == model::AttentionMode::kFull) {
+    region = &kept_full_;
+  } else if (options_.anchors.IsAnchor(token)) {
+    region = &anchors_;
+  }
+  return static_cast<int64_t>(region->entries.size()) % bt == 0 ? 1 : 0;
+}
+
 KvAccounting PagedSequence::accounting() const {
   KvAccounting a;
   a.kept_tokens = static_cast<int64_t>(anchors_.entries.size() + kept_full_.entries.size() +

@@ -58,6 +58,8 @@ class PagedSequence {
   std::vector<SnapshotEntry> entries() const;
   KvAccounting accounting() const;
   int64_t blocks_held() const;
+  // New blocks feeding `token` next (alone, not in a kept-full span) would allocate: 0 or 1.
+  int64_t BlocksForNext(int32_t token) const;
   int64_t next_position() const { return next_position_; }
   const PagedSequenceOptions& options() const { return options_; }
 

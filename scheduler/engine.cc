@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <thread>
 
@@ -18,6 +19,7 @@
 #include "cache/resident_sequences.h"
 #include "common/status_macros.h"
 #include "model/tokenizer.h"
+#include "scheduler/policy.h"
 
 namespace anchorserve::scheduler {
 
@@ -76,6 +78,9 @@ struct Engine::Impl {
     std::shared_ptr<StreamSink> sink;
     int64_t arrival = 0;
     bool running = false;
+    bool preempted = false;
+    std::optional<cache::SessionSnapshot> swapped;  // a preempted request's state, on the host
+    int64_t swapped_blocks = 0;
     uint64_t handle = 0;  // in `resident`: the sequence this request runs on
     bool session_acquired = false;
     int64_t prefilled = 0;
@@ -96,6 +101,7 @@ struct Engine::Impl {
   std::unique_ptr<cache::ResidentSequences> resident;
   std::unique_ptr<cache::SessionStore> sessions;
   std::map<uint64_t, std::unique_ptr<Request>> active;  // by id (= arrival order)
+  std::optional<SchedulingPolicy> policy;
   int64_t steps = 0, preemptions = 0;
   int fail_steps = 0;
 
@@ -127,9 +133,13 @@ struct Engine::Impl {
   }
 
   void Loop();
-  void Admit();
   bool Start(Request& r);
   void Step();
+  absl::StatusOr<StepPlan> PlanStep();
+  void Preempt(Request& r);
+  absl::Status Resume(Request& r);
+  void Prefill(Request& r, int64_t tokens);
+  void PublishCounts();
   void Sample(Request& r);
   void Emit(Request& r, int32_t token);
   void Finish(Request& r, FinishReason reason, absl::Status status);
@@ -174,6 +184,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options) {
   s.head_dim = static_cast<int32_t>(info.config.head_dim);
   s.dtype = std::string(model::PrecisionName(options.load.precision));
   ASSIGN_OR_RETURN(impl->sessions, cache::SessionStore::Create(s, impl->resident.get()));
+  PolicyOptions policy;
+  policy.block_tokens = options.block_tokens;
+  policy.total_blocks = impl->pool->total_blocks();
+  policy.max_batched_tokens = options.max_batched_tokens;
+  policy.max_running = options.max_running;
+  policy.max_prefill_chunk = options.max_prefill_chunk;
+  policy.max_prefill_tokens_while_decoding =
+      std::min(options.max_batched_tokens, std::max<int64_t>(1, options.max_batched_tokens / 2));
+  policy.watermark_blocks = std::min<int64_t>(impl->pool->total_blocks() / 100,
+                                              options.max_running);
+  ASSIGN_OR_RETURN(SchedulingPolicy created, SchedulingPolicy::Create(policy));
+  impl->policy.emplace(std::move(created));
   impl->options = std::move(options);
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->Loop(); });
@@ -396,32 +418,8 @@ void Engine::Impl::Loop() {
       calls.clear();
       return;
     }
-    Admit();
     Step();
   }
-}
-
-void Engine::Impl::Admit() {
-  std::vector<Request*> waiting;
-  int64_t running = 0;
-  for (auto& [id, r] : active) {
-    if (r->running) {
-      ++running;
-    } else {
-      waiting.push_back(r.get());
-    }
-  }
-  std::stable_sort(waiting.begin(), waiting.end(), [](const Request* a, const Request* b) {
-    return a->req.priority > b->req.priority;
-  });
-  for (Request* r : waiting) {
-    if (running >= options.max_running) break;
-    if (!Start(*r)) break;  // no room now: keep order, retry next step
-    ++running;
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  running_count = running;
-  waiting_count = static_cast<int64_t>(active.size()) - running + static_cast<int64_t>(submitted.size());
 }
 
 // Binds a sequence to `r`: the session's state forked, or a fresh one. False when the pool has
@@ -490,48 +488,149 @@ bool Engine::Impl::Start(Request& r) {
   return true;
 }
 
-void Engine::Impl::Step() {
-  // Planning: decodes first (every running decode gets its token each step, so a long prompt
-  // cannot stall them), then prefill chunks within the token budget.
-  std::vector<Request*> decodes, prefills;
+absl::StatusOr<StepPlan> Engine::Impl::PlanStep() {
+  std::vector<RequestView> views;
+  views.reserve(active.size());
   for (auto& [id, r] : active) {
-    if (!r->running) continue;
-    if (r->prefilled < static_cast<int64_t>(r->req.prompt_token_ids.size())) {
-      prefills.push_back(r.get());
-    } else if (r->pending >= 0) {
-      decodes.push_back(r.get());
+    RequestView v;
+    v.id = id;
+    v.priority = r->req.priority;
+    v.arrival = static_cast<uint64_t>(r->arrival);
+    const int64_t total = static_cast<int64_t>(r->req.prompt_token_ids.size());
+    v.prompt_tokens_left = total - r->prefilled;
+    if (r->preempted) {
+      v.state = RequestState::kPreempted;
+      v.swapped_blocks = r->swapped_blocks;
+    } else if (!r->running) {
+      v.state = RequestState::kWaiting;
+    } else {
+      cache::PagedSequence* seq = Sequence(*r);
+      v.blocks_held = seq->blocks_held();
+      if (v.prompt_tokens_left > 0) {
+        v.state = RequestState::kPrefilling;
+        v.next_token_blocks = seq->BlocksForNext(r->req.prompt_token_ids[r->prefilled]);
+      } else {
+        v.state = RequestState::kDecoding;
+        v.next_token_blocks = seq->BlocksForNext(r->pending);
+      }
+    }
+    if (r->req.mode == model::AttentionMode::kFull) {
+      v.min_total_blocks = (total + r->cached_tokens + options.block_tokens - 1) / options.block_tokens;
+    }
+    views.push_back(v);
+  }
+  return policy->Plan(views, pool->free_blocks());
+}
+
+void Engine::Impl::Preempt(Request& r) {
+  auto snapshot = Sequence(r)->Snapshot();
+  if (!snapshot.ok()) {
+    Finish(r, FinishReason::kError, snapshot.status());
+    return;
+  }
+  r.swapped_blocks = Sequence(r)->blocks_held();
+  r.swapped = *std::move(snapshot);
+  resident->Release(r.handle);
+  r.handle = 0;
+  r.running = false;
+  r.preempted = true;
+  ++preemptions;
+}
+
+absl::Status Engine::Impl::Resume(Request& r) {
+  ASSIGN_OR_RETURN(r.handle, resident->Restore(*r.swapped));
+  r.swapped.reset();
+  r.swapped_blocks = 0;
+  r.preempted = false;
+  r.running = true;
+  return absl::OkStatus();
+}
+
+void Engine::Impl::Prefill(Request& r, int64_t tokens) {
+  absl::Span<const int32_t> ids =
+      absl::MakeConstSpan(r.req.prompt_token_ids).subspan(r.prefilled, tokens);
+  absl::Span<const uint8_t> spans;
+  if (!r.span_flags.empty()) spans = absl::MakeConstSpan(r.span_flags).subspan(r.prefilled, tokens);
+  absl::StatusOr<std::vector<float>> logits = Feed(r, ids, spans);
+  if (!logits.ok()) {
+    Finish(r, FinishReason::kError, logits.status());
+    return;
+  }
+  r.prefilled += tokens;
+  if (r.prefilled == static_cast<int64_t>(r.req.prompt_token_ids.size())) {
+    r.logits = *std::move(logits);
+    Sample(r);
+  }
+}
+
+// One iteration: the pure policy decides (decodes first, prefill chunks within the token
+// budget, admissions by free blocks, preemption by swapping the lowest-ranked out), then this
+// thread carries the plan out.
+void Engine::Impl::Step() {
+  if (active.empty()) return;
+  auto plan = PlanStep();
+  if (!plan.ok()) {  // a bug in the views: fail loudly rather than spin
+    std::vector<Request*> all;
+    for (auto& [id, r] : active) all.push_back(r.get());
+    for (Request* r : all) Finish(*r, FinishReason::kError, plan.status());
+    return;
+  }
+  if (plan->Empty()) {
+    // Blocks held by idle sessions are invisible to the policy: move some out and retry.
+    auto freed = sessions->OffloadLeastRecentlyUsed(pool->block_bytes() * 4);
+    if (freed.ok() && *freed > 0) plan = PlanStep();
+    if (!plan.ok() || plan->Empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));  // nothing can move yet
+      return;
     }
   }
-  if (decodes.empty() && prefills.empty()) return;
   ++steps;
-  int64_t budget = options.max_batched_tokens - static_cast<int64_t>(decodes.size());
-  for (Request* r : decodes) {
+  auto find = [&](uint64_t id) -> Request* {
+    auto it = active.find(id);
+    return it == active.end() ? nullptr : it->second.get();
+  };
+  for (uint64_t id : plan->unschedulable) {
+    if (Request* r = find(id)) {
+      Finish(*r, FinishReason::kError,
+             absl::ResourceExhaustedError(
+                 "the request needs more KV memory than the pool holds; shorten it or use "
+                 "anchor mode"));
+    }
+  }
+  for (uint64_t id : plan->preempt) {
+    if (Request* r = find(id); r != nullptr && r->running) Preempt(*r);
+  }
+  for (uint64_t id : plan->resume) {
+    if (Request* r = find(id); r != nullptr && r->preempted) {
+      if (absl::Status s = Resume(*r); !s.ok()) Finish(*r, FinishReason::kError, s);
+    }
+  }
+  for (uint64_t id : plan->decodes) {
+    Request* r = find(id);
+    if (r == nullptr || !r->running || r->pending < 0) continue;
     if (absl::Status s = FeedPending(*r); !s.ok()) {
       Finish(*r, FinishReason::kError, s);
       continue;
     }
     Sample(*r);
   }
-  for (Request* r : prefills) {
-    if (budget <= 0) break;
-    const int64_t total = static_cast<int64_t>(r->req.prompt_token_ids.size());
-    const int64_t chunk = std::min({total - r->prefilled, options.max_prefill_chunk, budget});
-    budget -= chunk;
-    absl::Span<const int32_t> ids =
-        absl::MakeConstSpan(r->req.prompt_token_ids).subspan(r->prefilled, chunk);
-    absl::Span<const uint8_t> spans;
-    if (!r->span_flags.empty()) spans = absl::MakeConstSpan(r->span_flags).subspan(r->prefilled, chunk);
-    absl::StatusOr<std::vector<float>> logits = Feed(*r, ids, spans);
-    if (!logits.ok()) {
-      Finish(*r, FinishReason::kError, logits.status());
-      continue;
-    }
-    r->prefilled += chunk;
-    if (r->prefilled == total) {
-      r->logits = *std::move(logits);
-      Sample(*r);
-    }
+  for (const PrefillChunk& chunk : plan->prefills) {
+    Request* r = find(chunk.id);
+    if (r == nullptr) continue;
+    if (!r->running && !r->preempted && !Start(*r)) continue;
+    if (find(chunk.id) == nullptr || !r->running) continue;  // Start may have failed it
+    Prefill(*r, chunk.tokens);
   }
+  PublishCounts();
+}
+
+void Engine::Impl::PublishCounts() {
+  int64_t running = 0;
+  for (auto& [id, r] : active) running += r->running;
+  std::lock_guard<std::mutex> lock(mu);
+  running_count = running;
+  waiting_count =
+      static_cast<int64_t>(active.size()) - running + static_cast<int64_t>(submitted.size());
 }
 
 // Feeds through the sequence; when the pool is full, moves idle sessions out of it (least
@@ -652,12 +751,8 @@ void Engine::Impl::Finish(Request& r, FinishReason reason, absl::Status status) 
   }
   if (r.handle != 0) resident->Release(r.handle);  // one-shot, or a turn that did not commit
   r.sink->OnEvent(std::move(event));
-  active.erase(r.id);  // destroys r
-  std::lock_guard<std::mutex> lock(mu);
-  int64_t running = 0;
-  for (auto& [id, other] : active) running += other->running;
-  running_count = running;
-  waiting_count = static_cast<int64_t>(active.size()) - running + static_cast<int64_t>(submitted.size());
+  active.erase(r.id);  // destroys r (and a preempted request's host copy)
+  PublishCounts();
 }
 
 }  // namespace anchorserve::scheduler

@@ -310,6 +310,68 @@ TEST_F(EngineTest, DrainCancelsWhatIsLeftAndRefusesNewWork) {
   EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable);
 }
 
+// A pool too small for every request at once: the policy preempts (swaps out) and resumes,
+// every request still finishes, and each gets exactly the tokens it gets alone.
+TEST_F(EngineTest, PreemptionUnderKvPressureKeepsEveryResultExact) {
+  std::vector<std::vector<int32_t>> prompts = {Prompt("The old captain opened the letter."),
+                                               Prompt("A quiet island lay in the storm."),
+                                               Prompt("Anna watched the river at night."),
+                                               Prompt("Tom built a wooden bridge.")};
+  auto request = [&](size_t i) {
+    auto r = Greedy(prompts[i], 90);
+    r.mode = model::AttentionMode::kFull;  // full mode grows: pressure is certain
+    r.ignore_eos = true;
+    return r;
+  };
+  std::vector<std::vector<int32_t>> alone;
+  {
+    auto engine = NewEngine();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      auto sink = std::make_shared<Collector>();
+      ASSERT_TRUE(engine->Submit(request(i), sink).ok());
+      alone.push_back(Tokens(sink->Wait()));
+      ASSERT_EQ(alone.back().size(), 90u);
+    }
+  }
+  EngineOptions tight;
+  tight.block_tokens = 16;
+  tight.kv_budget_bytes = 20 * 16 * 2048;  // 20 blocks; the four need about 28
+  auto engine = NewEngine(tight);
+  std::vector<std::shared_ptr<Collector>> sinks;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    sinks.push_back(std::make_shared<Collector>());
+    ASSERT_TRUE(engine->Submit(request(i), sinks.back()).ok());
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto events = sinks[i]->Wait();
+    EXPECT_EQ(events.back().finish_reason, FinishReason::kLength) << events.back().status;
+    EXPECT_EQ(Tokens(events), alone[i]) << "request " << i;
+  }
+  const EngineStats stats = engine->Stats();
+  EXPECT_GT(stats.preemptions, 0);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, ARequestLargerThanThePoolFailsClearly) {
+  EngineOptions tiny;
+  tiny.kv_budget_bytes = 2 * 16 * 2048;  // 2 blocks
+  auto engine = NewEngine(tiny);
+  auto r = Greedy(Prompt("One two three four five six seven eight nine ten eleven twelve "
+                         "thirteen fourteen fifteen sixteen seventeen eighteen."),
+                  60);
+  r.mode = model::AttentionMode::kFull;
+  r.ignore_eos = true;
+  auto sink = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(r, sink).ok());
+  const auto events = sink->Wait();
+  EXPECT_EQ(events.back().finish_reason, FinishReason::kError);
+  EXPECT_EQ(events.back().status.code(), absl::StatusCode::kResourceExhausted) << events.back().status;
+  // The engine keeps serving what fits.
+  auto small = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(Greedy({1, 5}, 3), small).ok());
+  EXPECT_EQ(small->Wait().back().finish_reason, FinishReason::kLength);
+}
+
 TEST_F(EngineTest, DrainPersistsSessionsAndARestartContinuesThem) {
   const std::string disk = ::testing::TempDir() + "/engine_sessions_" + std::to_string(getpid());
   std::filesystem::remove_all(disk);
