@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "server/config.h"
 #include "server/log.h"
 #include "server/metrics.h"
 
@@ -212,32 +213,100 @@ int RunServer(const RunOptions& options) {
   return drained.ok() ? 0 : 1;
 }
 
-int ServerMain(int argc, char** argv) {
-  RunOptions options;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&](const char* name) -> std::string {
-      const std::string prefix = absl::StrCat("--", name, "=");
-      if (arg.rfind(prefix, 0) == 0) return arg.substr(prefix.size());
-      if (arg == absl::StrCat("--", name) && i + 1 < argc) return argv[++i];
-      return "";
-    };
-    if (std::string v = value("model"); !v.empty()) {
-      options.engine.model_dir = v;
-    } else if (std::string l = value("listen"); !l.empty()) {
-      options.listen = l;
-    } else if (std::string m = value("metrics_listen"); !m.empty()) {
-      options.metrics_listen = m;
-    } else {
-      std::fprintf(stderr, "anchorserve: unknown flag %s\n", arg.c_str());
-      return 2;
-    }
+namespace {
+
+namespace v1 = ::anchorserve::v1;
+
+// The merged configuration in the shape of the engine, the service and the process.
+absl::StatusOr<RunOptions> ToRunOptions(const ServerConfig& c) {
+  RunOptions o;
+  scheduler::EngineOptions& e = o.engine;
+  e.model_dir = c.model;
+  e.load.device = c.device == ServerConfig::Device::kCuda ? model::Device::kCuda
+                                                          : model::Device::kCpu;
+  e.load.precision = c.dtype == ServerConfig::Dtype::kBFloat16 ? model::Precision::kBFloat16
+                                                               : model::Precision::kFloat32;
+  e.load.num_threads = c.threads;
+  e.kv_budget_bytes = c.kv.budget_bytes;
+  e.kv_free_memory_fraction = c.kv.gpu_memory_fraction;
+  e.block_tokens = c.kv.block_tokens;
+  e.max_waiting = c.scheduler.max_waiting;
+  e.max_running = c.scheduler.max_running;
+  e.max_batched_tokens = c.scheduler.max_batched_tokens;
+  e.max_prefill_chunk = c.scheduler.max_prefill_chunk;
+  e.max_prompt_tokens = c.limits.max_prompt_tokens;
+  e.max_new_tokens = c.limits.max_new_tokens;
+  e.sessions.disk_dir = c.sessions.disk_dir;
+  e.sessions.host_max_bytes = c.sessions.host_max_bytes;
+  e.sessions.disk_max_bytes = c.sessions.disk_max_bytes;
+  e.sessions.idle_ttl = c.sessions.idle_ttl;
+  e.sessions.idle_offload_after = c.sessions.idle_offload_after;
+  ServiceOptions& s = o.service;
+  s.default_mode = c.defaults.mode == DefaultsConfig::Mode::kFull ? v1::ATTENTION_MODE_FULL
+                                                                  : v1::ATTENTION_MODE_ANCHOR;
+  s.default_policy = c.defaults.position_policy == DefaultsConfig::PositionPolicy::kCompact
+                         ? v1::POSITION_POLICY_COMPACT
+                         : v1::POSITION_POLICY_ABSOLUTE;
+  switch (c.defaults.anchor_insertion) {
+    case DefaultsConfig::AnchorInsertion::kSentences:
+      s.default_insertion = v1::ANCHOR_INSERTION_SENTENCES;
+      break;
+    case DefaultsConfig::AnchorInsertion::kMessages:
+      s.default_insertion = v1::ANCHOR_INSERTION_MESSAGES;
+      break;
+    case DefaultsConfig::AnchorInsertion::kNone:
+      s.default_insertion = v1::ANCHOR_INSERTION_NONE;
+      break;
+    case DefaultsConfig::AnchorInsertion::kClient:
+      s.default_insertion = v1::ANCHOR_INSERTION_CLIENT;
+      break;
   }
-  if (options.engine.model_dir.empty()) {
-    std::fprintf(stderr, "anchorserve: --model is required\n");
+  s.max_sessions_per_tenant = c.limits.max_sessions_per_tenant;
+  s.log_prompts = c.log.prompts;
+  s.auth_enabled = c.auth.enabled;
+  if (c.auth.enabled) {
+    auto tokens = LoadAuthTokens(c.auth.tokens_file);
+    if (!tokens.ok()) return tokens.status();
+    s.tokens = *std::move(tokens);
+  }
+  o.listen = c.listen;
+  o.metrics_listen = c.metrics_listen;
+  o.tls_cert_file = c.tls.cert_file;
+  o.tls_key_file = c.tls.key_file;
+  o.tls_client_ca_file = c.tls.client_ca_file;
+  o.reflection = c.grpc.reflection;
+  o.keepalive_time = c.grpc.keepalive_time;
+  o.keepalive_timeout = c.grpc.keepalive_timeout;
+  o.max_message_bytes = c.limits.max_message_bytes;
+  o.drain_timeout = c.drain_timeout;
+  o.effective_config = EffectiveConfigYaml(c);
+  return o;
+}
+
+}  // namespace
+
+int ServerMain(int argc, char** argv) {
+  auto command_line = ParseCommandLine(argc, argv);
+  if (!command_line.ok()) {
+    std::fprintf(stderr, "anchorserve: %s (see --help)\n",
+                 std::string(command_line.status().message()).c_str());
     return 2;
   }
-  return RunServer(options);
+  if (command_line->help) {
+    std::fputs(ConfigHelpText().c_str(), stdout);
+    return 0;
+  }
+  auto config = LoadServerConfig(*command_line, ReadProcessEnvironment());
+  if (!config.ok()) {
+    std::fprintf(stderr, "anchorserve: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  auto options = ToRunOptions(*config);
+  if (!options.ok()) {
+    std::fprintf(stderr, "anchorserve: %s\n", std::string(options.status().message()).c_str());
+    return 2;
+  }
+  return RunServer(*options);
 }
 
 }  // namespace anchorserve::server
