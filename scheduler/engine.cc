@@ -103,6 +103,7 @@ struct Engine::Impl {
   std::map<uint64_t, std::unique_ptr<Request>> active;  // by id (= arrival order)
   std::optional<SchedulingPolicy> policy;
   int64_t steps = 0, preemptions = 0;
+  absl::Time last_idle_sweep = absl::InfinitePast();
   int fail_steps = 0;
 
   // ---- inbox, guarded by mu ----
@@ -239,6 +240,12 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
   for (const std::string& stop : request.stop_strings) {
     if (stop.empty()) return absl::InvalidArgumentError("stop: strings must not be empty");
   }
+  for (int32_t id : request.stop_token_ids) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop_token_ids: ", id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
   if (!request.session_id.empty()) {
     // Existence is checked here so the caller gets NOT_FOUND before streaming starts.
     absl::Status exists;
@@ -365,7 +372,7 @@ void Engine::Impl::Loop() {
       std::unique_lock<std::mutex> lock(mu);
       const bool idle = active.empty();
       if (idle && submitted.empty() && cancelled.empty() && calls.empty() && !draining) {
-        wake.wait(lock);
+        wake.wait_for(lock, std::chrono::seconds(1));  // wake for the idle-session sweep too
       }
       fresh.swap(submitted);
       cancels.swap(cancelled);
@@ -417,6 +424,11 @@ void Engine::Impl::Loop() {
       for (auto& call : calls) call();
       calls.clear();
       return;
+    }
+    // Idle sessions: TTL expiry and idle offload, about once a second.
+    if (now - last_idle_sweep >= absl::Seconds(1)) {
+      last_idle_sweep = now;
+      (void)sessions->ExpireIdle();
     }
     Step();
   }

@@ -372,6 +372,21 @@ TEST_F(EngineTest, ARequestLargerThanThePoolFailsClearly) {
   EXPECT_EQ(small->Wait().back().finish_reason, FinishReason::kLength);
 }
 
+TEST_F(EngineTest, IdleSessionsExpireAfterTheirTtl) {
+  EngineOptions options;
+  options.sessions.idle_ttl = absl::Milliseconds(200);
+  auto engine = NewEngine(options);
+  ASSERT_TRUE(engine->CreateSession("t", "brief").ok());
+  auto request = Greedy(Prompt("Hello there."), 2);
+  request.session_id = "brief";
+  auto sink = std::make_shared<Collector>();
+  ASSERT_TRUE(engine->Submit(request, sink).ok());
+  ASSERT_EQ(sink->Wait().back().finish_reason, FinishReason::kLength);
+  absl::SleepFor(absl::Milliseconds(2500));
+  EXPECT_EQ(engine->GetSession("t", "brief").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+}
+
 TEST_F(EngineTest, DrainPersistsSessionsAndARestartContinuesThem) {
   const std::string disk = ::testing::TempDir() + "/engine_sessions_" + std::to_string(getpid());
   std::filesystem::remove_all(disk);
