@@ -123,7 +123,12 @@ struct Engine::Impl {
   void Call(std::function<void()> fn) {
     absl::Notification done;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      std::unique_lock<std::mutex> lock(mu);
+      if (stopping) {  // the engine thread is gone: nothing else owns the state now
+        lock.unlock();
+        fn();
+        return;
+      }
       calls.push_back([&] {
         fn();
         done.Notify();

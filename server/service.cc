@@ -151,13 +151,30 @@ absl::Status ValidSessionId(const std::string& id) {
 class AnchorServeService::GenerateReactor
     : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
+  // Events reach the reactor only after Open(): the engine may finish a request before
+  // Submit() has recorded its id, and the reactor may be deleted as soon as it finishes.
   class Sink : public scheduler::StreamSink {
    public:
     explicit Sink(GenerateReactor* reactor) : reactor_(reactor) {}
     // Recursive: a final write may complete inline and run OnDone (Detach) on this thread.
     void OnEvent(scheduler::StreamEvent event) override {
       std::lock_guard<std::recursive_mutex> lock(mu_);
-      if (reactor_ != nullptr) reactor_->Enqueue(std::move(event));
+      if (reactor_ == nullptr) return;
+      if (!open_) {
+        early_.push_back(std::move(event));
+        return;
+      }
+      reactor_->Enqueue(std::move(event));
+    }
+    void Open() {
+      std::lock_guard<std::recursive_mutex> lock(mu_);
+      open_ = true;
+      std::deque<scheduler::StreamEvent> early;
+      early.swap(early_);
+      for (auto& event : early) {
+        if (reactor_ == nullptr) break;
+        reactor_->Enqueue(std::move(event));
+      }
     }
     void Detach() {
       std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -167,6 +184,8 @@ class AnchorServeService::GenerateReactor
    private:
     std::recursive_mutex mu_;
     GenerateReactor* reactor_;
+    bool open_ = false;
+    std::deque<scheduler::StreamEvent> early_;
   };
 
   GenerateReactor(AnchorServeService* service, grpc::CallbackServerContext* context,
@@ -260,6 +279,9 @@ class AnchorServeService::GenerateReactor
     engine_id_ = *id;
     submitted_ = true;
     if (cancel_requested_) service_->engine_->Cancel(*id);
+    // From here on the reactor may be deleted at any moment: keep the sink alive locally.
+    std::shared_ptr<Sink> sink = sink_;
+    sink->Open();
   }
 
   void CancelEngineRequest() {
