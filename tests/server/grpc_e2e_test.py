@@ -57,6 +57,7 @@ class Server:
             raise RuntimeError("anchorserve did not start:\n" + "".join(self.log_lines))
         self._reader = threading.Thread(target=self._drain_output, daemon=True)
         self._reader.start()
+        # TLS servers get their own channels in the test; this one then goes unused.
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = rpc.AnchorServeStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -442,6 +443,59 @@ class QueueAndRestart(unittest.TestCase):
                 self.assertEqual(second.cached_tokens, first.full_kv_tokens)
             finally:
                 self.assertEqual(restarted.stop(), 0)
+
+
+def make_certs(directory):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    with open(os.path.join(directory, "san.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, ext in (("server", ["-extfile", "san.cnf"]), ("client", [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", *ext)
+    read = lambda n: open(os.path.join(directory, n), "rb").read()
+    return {n: read(n) for n in ("ca.pem", "client.key", "client.pem")}
+
+
+@unittest.skipUnless(shutil.which("openssl"), "openssl is not installed")
+class Tls(unittest.TestCase):
+    def test_tls_and_mutual_tls(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            certs = make_certs(tmp)
+            for mutual in (False, True):
+                flags = [f"--tls.cert_file={tmp}/server.pem", f"--tls.key_file={tmp}/server.key"]
+                if mutual:
+                    flags.append(f"--tls.client_ca_file={tmp}/ca.pem")
+                server = Server(*flags)
+                try:
+                    target = f"127.0.0.1:{server.port}"
+                    if mutual:
+                        creds = grpc.ssl_channel_credentials(certs["ca.pem"], certs["client.key"],
+                                                             certs["client.pem"])
+                    else:
+                        creds = grpc.ssl_channel_credentials(certs["ca.pem"])
+                    with grpc.secure_channel(target, creds) as channel:
+                        reply = rpc.AnchorServeStub(channel).GetModelInfo(
+                            pb.GetModelInfoRequest(), timeout=10)
+                        self.assertEqual(reply.anchor_type, "ac")
+                    # Plaintext is refused; under mutual TLS, so is a client without a cert.
+                    with grpc.insecure_channel(target) as channel:
+                        with self.assertRaises(grpc.RpcError):
+                            rpc.AnchorServeStub(channel).GetModelInfo(pb.GetModelInfoRequest(),
+                                                                      timeout=5)
+                    if mutual:
+                        with grpc.secure_channel(
+                                target, grpc.ssl_channel_credentials(certs["ca.pem"])) as channel:
+                            with self.assertRaises(grpc.RpcError):
+                                rpc.AnchorServeStub(channel).GetModelInfo(
+                                    pb.GetModelInfoRequest(), timeout=5)
+                finally:
+                    self.assertEqual(server.stop(), 0)
 
 
 class Drain(unittest.TestCase):
