@@ -11,6 +11,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/eval/anchor_eval_runner.h"
 #include "tests/model/test_util.h"
 
 namespace anchorserve::eval {
@@ -20,33 +21,8 @@ using ::anchorserve::testing::MaxAbsDiff;
 using ::anchorserve::testing::ReadJson;
 using ::anchorserve::testing::TestData;
 
-struct Outcome {
-  int exit_code;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
-
-Outcome AnchorEval(const std::string& args) {
-  // Unique per call: ctest runs the cases of this file as parallel processes.
-  static int calls = 0;
-  const std::string err_file = ::testing::TempDir() + "/anchor_eval_stderr_" +
-                               std::to_string(getpid()) + "_" + std::to_string(calls++) + ".txt";
-  const std::string cmd =
-      std::string(ANCHORSERVE_BIN_DIR) + "/anchor-eval " + args + " 2>" + err_file;
-  Outcome run{-1, "", ""};
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return run;
-  std::array<char, 65536> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.out.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(err_file);
-  std::stringstream s;
-  s << in.rdbuf();
-  run.err = s.str();
-  return run;
-}
+using ::anchorserve::testing::AnchorEval;
+using ::anchorserve::testing::Outcome;
 
 std::string Ids(const std::vector<int32_t>& ids) {
   std::string s;

@@ -16,36 +16,13 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/eval/anchor_eval_runner.h"
 
 namespace anchorserve::eval {
 namespace {
 
-struct Outcome {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-Outcome AnchorEval(const std::string& args) {
-  static int calls = 0;
-  const std::string err_file = ::testing::TempDir() + "/eval_commands_stderr_" +
-                               std::to_string(getpid()) + "_" + std::to_string(calls++);
-  const std::string cmd =
-      std::string(ANCHORSERVE_BIN_DIR) + "/anchor-eval " + args + " 2>" + err_file;
-  Outcome run;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return run;
-  std::array<char, 65536> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.out.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(err_file);
-  std::stringstream s;
-  s << in.rdbuf();
-  run.err = s.str();
-  std::filesystem::remove(err_file);
-  return run;
-}
+using ::anchorserve::testing::AnchorEval;
+using ::anchorserve::testing::Outcome;
 
 nlohmann::json Json(const Outcome& run) {
   try {
