@@ -8,10 +8,11 @@ PACKAGES=(
   libtorch-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev
-  libsentencepiece-dev sentencepiece
+  sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-grpcio python3-protobuf python3-numpy
+  python3-grpcio python3-protobuf python3-numpy openssl
   prometheus
+  yamllint python3-yaml python3-jsonschema python3-matplotlib
 )
 
 missing=()
