@@ -458,6 +458,16 @@ absl::StatusOr<std::string> AnchorServeService::Authenticate(
 
 absl::StatusOr<std::vector<int32_t>> AnchorServeService::PromptTokens(
     const v1::GenerateRequest& request, bool add_bos) const {
+  // proto3 keeps unknown enum numbers: refuse them rather than guess.
+  if (!v1::AttentionMode_IsValid(request.mode())) {
+    return absl::InvalidArgumentError("mode: unknown value");
+  }
+  if (!v1::PositionPolicy_IsValid(request.position_policy())) {
+    return absl::InvalidArgumentError("position_policy: unknown value");
+  }
+  if (!v1::AnchorInsertion_IsValid(request.anchor_insertion())) {
+    return absl::InvalidArgumentError("anchor_insertion: unknown value");
+  }
   const int inputs = (!request.prompt().empty()) + (request.prompt_token_ids_size() > 0) +
                      (request.messages_size() > 0);
   if (inputs != 1) {

@@ -283,6 +283,12 @@ class GenerateAndSessions(unittest.TestCase):
             (dict(prompt_token_ids=[1, 5, 6], max_tokens=4,
                   kept_full_spans=[pb.KeptFullSpan(begin=2, end=9)]),
              grpc.StatusCode.INVALID_ARGUMENT, "kept_full_spans"),
+            (dict(prompt="x", max_tokens=4, mode=7), grpc.StatusCode.INVALID_ARGUMENT, "mode"),
+            (dict(prompt="x", max_tokens=4, position_policy=9),
+             grpc.StatusCode.INVALID_ARGUMENT, "position_policy"),
+            (dict(prompt="x", max_tokens=4, stop=[""]), grpc.StatusCode.INVALID_ARGUMENT, "stop"),
+            (dict(prompt="x", max_tokens=4, stop_token_ids=[10 ** 7]),
+             grpc.StatusCode.INVALID_ARGUMENT, "stop_token_ids"),
         ]
         for fields, code, field in cases:
             with self.subTest(fields=fields):
