@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache/durable_coding.h"
+#include "common/scoped_fd.h"
 #include "common/status_macros.h"
 
 namespace anchorserve::cache {
@@ -23,24 +24,7 @@ namespace anchorserve::cache {
 // POSIX file system.
 namespace {
 
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-  int Close() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
+using ::anchorserve::ScopedFd;
 
 absl::Status Errno(absl::string_view what, absl::string_view path) {
   const int error = errno;

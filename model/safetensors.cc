@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/scoped_fd.h"
 #include "common/status_macros.h"
 
 namespace anchorserve::model {
@@ -121,26 +122,7 @@ absl::StatusOr<uint64_t> NonNegativeInt(const Json& value, absl::string_view wha
       absl::StrCat(what, " must be a non-negative integer, got ", value.type_name()));
 }
 
-// Closes a file descriptor on scope exit; errors on close of a read-only fd carry no news.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports the error (close can report deferred write errors, e.g. on NFS).
-  int Close() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
+using ::anchorserve::ScopedFd;
 
 absl::Status ErrnoError(int error, absl::string_view what) {
   return absl::ErrnoToStatus(error, what);
