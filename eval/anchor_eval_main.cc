@@ -574,7 +574,12 @@ int RunMc(const Flags& flags) {
     j["tokens_forwarded"] = report.tokens_forwarded;
     j["seconds"] = report.seconds;
     j["t_up"] = OrNull(report.speedup);
+    j["t_up_vs_full_cache"] = OrNull(report.speedup_vs_full);
     j["t_up_note"] = report.speedup_note;
+    j["seconds_recompute"] = report.seconds_recompute;
+    j["seconds_anchor_cached"] = report.seconds_anchor_cached;
+    j["seconds_full_cached"] = report.seconds_full_cached;
+    j["cached_max_diff"] = OrNull(report.cached_max_diff);
     std::cout << j.dump() << "\n";
     return 0;
   }
@@ -603,7 +608,13 @@ int RunMc(const Flags& flags) {
     std::printf("%-16s %lld (anchors + open sentence)\n", "kv after demos",
                 static_cast<long long>(*report.kv_after_demos));
   }
-  std::printf("%-16s %s\n", "T-up", report.speedup_note.c_str());
+  if (report.speedup) {
+    std::printf("%-16s %.2fx   (%s)\n", "T-up", *report.speedup, report.speedup_note.c_str());
+    std::printf("%-16s %.2fx   (full-cached / anchor-cached demonstrations)\n", "vs full cache",
+                report.speedup_vs_full.value_or(0));
+  } else {
+    std::printf("%-16s %s\n", "T-up", report.speedup_note.c_str());
+  }
   std::printf("%-16s %.2f\n", "seconds", report.seconds);
   return 0;
 }

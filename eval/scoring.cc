@@ -105,48 +105,60 @@ absl::StatusOr<SequenceScores> ScoreFullForward(const model::LlamaModel& model,
   return out;
 }
 
-absl::StatusOr<SequenceScores> ScoreAnchorCached(const model::LlamaModel& model,
-                                                 absl::Span<const int32_t> ids,
-                                                 int64_t first_target,
-                                                 const ScoringOptions& options,
-                                                 absl::Span<const int64_t> breaks) {
+// Feeds ids[begin, L) into `sequence` (which holds ids[0, begin)) in the cuts of `breaks` and
+// `options.chunk`, scoring targets and checking the anchor cache's size after every Feed.
+absl::StatusOr<SequenceScores> ContinueAnchorCached(model::AnchorSequence& sequence,
+                                                    const model::LlamaModel& model,
+                                                    absl::Span<const int32_t> ids, int64_t begin,
+                                                    int64_t first_target,
+                                                    const ScoringOptions& options,
+                                                    absl::Span<const int64_t> breaks) {
   const int64_t length = static_cast<int64_t>(ids.size());
-  model::SequenceOptions sequence_options = options.sequence;
-  sequence_options.mode = model::AttentionMode::kAnchor;
-  ASSIGN_OR_RETURN(std::unique_ptr<model::AnchorSequence> sequence,
-                   model::AnchorSequence::Create(&model, sequence_options));
-
+  const bool anchor_mode = sequence.options().mode == model::AttentionMode::kAnchor;
   std::vector<int64_t> cuts = {length};
   for (int64_t b : breaks) {
-    if (b > 0 && b < length) cuts.push_back(b);
+    if (b > begin && b < length) cuts.push_back(b);
   }
   if (options.chunk > 0) {
-    for (int64_t c = options.chunk; c < length; c += options.chunk) cuts.push_back(c);
+    for (int64_t c = options.chunk; c < length; c += options.chunk) {
+      if (c > begin) cuts.push_back(c);
+    }
   }
   std::sort(cuts.begin(), cuts.end());
   cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
 
   SequenceScores out;
-  out.kept_after = KeptAfterEachToken(ids, sequence_options.anchors);
+  if (anchor_mode) out.kept_after = KeptAfterEachToken(ids, sequence.options().anchors);
   const int64_t vocab = model.config().vocab_size;
-  int64_t begin = 0;
   for (int64_t end : cuts) {
-    const int64_t kv_before = sequence->kv_tokens();
+    const int64_t kv_before = sequence.kv_tokens();
     // Rows begin..end-1 predict tokens begin+1..end; ask for all of them only when one of
     // those is a target.
     const bool wanted = end >= first_target;
     ASSIGN_OR_RETURN(std::vector<float> rows,
-                     sequence->Feed(ids.subspan(begin, end - begin), /*all_logits=*/wanted));
+                     sequence.Feed(ids.subspan(begin, end - begin), /*all_logits=*/wanted));
     if (wanted) ScoreRows(rows, vocab, begin, ids, first_target, &out);
     out.peak_step_kv = std::max(out.peak_step_kv, kv_before + (end - begin));
-    if (sequence->kv_tokens() != out.kept_after[end - 1]) {
+    if (anchor_mode && sequence.kv_tokens() != out.kept_after[end - 1]) {
       return absl::InternalError(
-          absl::StrCat("anchor cache holds ", sequence->kv_tokens(), " entries after ", end,
+          absl::StrCat("anchor cache holds ", sequence.kv_tokens(), " entries after ", end,
                        " tokens, expected anchors + open sentence = ", out.kept_after[end - 1]));
     }
     begin = end;
   }
   return out;
+}
+
+absl::StatusOr<SequenceScores> ScoreAnchorCached(const model::LlamaModel& model,
+                                                 absl::Span<const int32_t> ids,
+                                                 int64_t first_target,
+                                                 const ScoringOptions& options,
+                                                 absl::Span<const int64_t> breaks) {
+  model::SequenceOptions sequence_options = options.sequence;
+  sequence_options.mode = model::AttentionMode::kAnchor;
+  ASSIGN_OR_RETURN(std::unique_ptr<model::AnchorSequence> sequence,
+                   model::AnchorSequence::Create(&model, sequence_options));
+  return ContinueAnchorCached(*sequence, model, ids, 0, first_target, options, breaks);
 }
 
 }  // namespace
@@ -173,6 +185,43 @@ absl::StatusOr<SequenceScores> ScoreSequence(const model::LlamaModel& model,
     return ScoreAnchorCached(model, ids, first_target, options, breaks);
   }
   return ScoreFullForward(model, ids, first_target, options);
+}
+
+absl::StatusOr<PrefixState> FeedPrefix(const model::LlamaModel& model,
+                                       absl::Span<const int32_t> prefix,
+                                       const ScoringOptions& options, model::AttentionMode mode) {
+  if (prefix.empty()) return absl::InvalidArgumentError("the prefix is empty");
+  model::SequenceOptions sequence_options = options.sequence;
+  sequence_options.mode = mode;
+  PrefixState state;
+  ASSIGN_OR_RETURN(state.sequence, model::AnchorSequence::Create(&model, sequence_options));
+  // Cut as ScoreSequence cuts the same tokens, so every later logit is bit-identical.
+  const int64_t length = static_cast<int64_t>(prefix.size());
+  int64_t begin = 0;
+  while (begin < length) {
+    int64_t end = length;
+    if (options.chunk > 0) end = std::min(length, (begin / options.chunk + 1) * options.chunk);
+    ASSIGN_OR_RETURN(std::vector<float> rows,
+                     state.sequence->Feed(prefix.subspan(begin, end - begin), false));
+    begin = end;
+  }
+  state.length = length;
+  return state;
+}
+
+absl::StatusOr<SequenceScores> ScoreAfterPrefix(const model::LlamaModel& model,
+                                                const PrefixState& prefix,
+                                                absl::Span<const int32_t> ids,
+                                                int64_t first_target,
+                                                const ScoringOptions& options) {
+  if (!prefix.sequence) return absl::InvalidArgumentError("no prefix state");
+  if (first_target <= prefix.length || first_target >= static_cast<int64_t>(ids.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("first scored token ", first_target,
+                                                   " must be in (", prefix.length, ", ",
+                                                   ids.size(), ")"));
+  }
+  std::unique_ptr<model::AnchorSequence> sequence = prefix.sequence->Fork();
+  return ContinueAnchorCached(*sequence, model, ids, prefix.length, first_target, options, {});
 }
 
 }  // namespace anchorserve::eval

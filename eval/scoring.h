@@ -10,6 +10,7 @@
 #define ANCHORSERVE_EVAL_SCORING_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -79,6 +80,27 @@ absl::StatusOr<SequenceScores> ScoreSequence(const model::LlamaModel& model,
                                              absl::Span<const int32_t> ids, int64_t first_target,
                                              const ScoringOptions& options,
                                              absl::Span<const int64_t> breaks = {});
+
+// The incremental state after feeding a prefix, to score many continuations of it without
+// recomputing it: ids[0, length) fed in `mode` (kAnchor: REDUCTION applied; kFull: a full
+// cache) with `options`' anchors, policy and chunking.
+struct PrefixState {
+  std::unique_ptr<model::AnchorSequence> sequence;
+  int64_t length = 0;
+};
+absl::StatusOr<PrefixState> FeedPrefix(const model::LlamaModel& model,
+                                       absl::Span<const int32_t> prefix,
+                                       const ScoringOptions& options, model::AttentionMode mode);
+
+// As ScoreSequence in kAnchor mode with a break at prefix.length, but continuing from a fork
+// of `prefix` (ids must start with the prefix's tokens; first_target > prefix.length). The
+// scores are identical to ScoreSequence's; only the prefix is not recomputed. With a kFull
+// prefix the continuation is fed with a full cache too (full caching, for timing).
+absl::StatusOr<SequenceScores> ScoreAfterPrefix(const model::LlamaModel& model,
+                                                const PrefixState& prefix,
+                                                absl::Span<const int32_t> ids,
+                                                int64_t first_target,
+                                                const ScoringOptions& options);
 
 }  // namespace anchorserve::eval
 

@@ -36,6 +36,16 @@ AnchorSequence::AnchorSequence(const LlamaModel* model, SequenceOptions options)
 
 AnchorSequence::~AnchorSequence() = default;
 
+std::unique_ptr<AnchorSequence> AnchorSequence::Fork() const {
+  std::unique_ptr<AnchorSequence> copy(new AnchorSequence(model_, options_));
+  copy->entries_ = entries_;
+  copy->kv_ = kv_;
+  copy->tokens_seen_ = tokens_seen_;
+  copy->anchors_ = anchors_;
+  copy->peak_kv_tokens_ = peak_kv_tokens_;
+  return copy;
+}
+
 absl::StatusOr<std::unique_ptr<AnchorSequence>> AnchorSequence::Create(const LlamaModel* model,
                                                                        SequenceOptions options) {
   if (model == nullptr) return absl::InvalidArgumentError("model must not be null");

@@ -63,6 +63,11 @@ class AnchorSequence {
   // the sequence is unchanged.
   absl::StatusOr<std::vector<float>> Feed(absl::Span<const int32_t> ids, bool all_logits);
 
+  // An independent sequence in this one's exact state. The KV tensors are shared, not copied:
+  // Feed never writes them in place (it builds new ones), so a fork costs no device memory
+  // until one side feeds more. For reusing a prompt prefix, e.g. few-shot demonstrations.
+  std::unique_ptr<AnchorSequence> Fork() const;
+
   const std::vector<KvEntry>& entries() const { return entries_; }
   int64_t kv_tokens() const { return static_cast<int64_t>(entries_.size()); }
   int64_t peak_kv_tokens() const { return peak_kv_tokens_; }

@@ -50,24 +50,6 @@ at::TensorOptions TensorOptionsOf(const LoadOptions& options) {
       .device(options.device == Device::kCuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU));
 }
 
-// HF LlamaRMSNorm: statistics in fp32, scale applied after casting back.
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  at::Tensor h = x.to(at::kFloat);
-  at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
-  h = h * at::rsqrt(variance + eps);
-  return weight * h.to(x.scalar_type());
-}
-
-at::Tensor RotateHalf(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-
-// x: [S, heads, d]; cos/sin: [S, d].
-at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  return x * cos.unsqueeze(1) + RotateHalf(x) * sin.unsqueeze(1);
-}
-
 absl::Status ToStatus(const std::exception& e, absl::string_view what) {
   const std::string message = e.what();
   const std::string first_line = message.substr(0, message.find('\n'));
@@ -86,6 +68,29 @@ at::Tensor InvFreq(const ModelConfig& config, const at::Device& device) {
 }
 
 }  // namespace
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(variance + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+namespace {
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+}  // namespace
+
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return x * cos.unsqueeze(-2) + RotateHalf(x) * sin.unsqueeze(-2);
+}
+
+at::Tensor RopeAngles(const at::Tensor& positions, const at::Tensor& inv_freq) {
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;
+  return at::cat({freqs, freqs}, -1);
+}
 
 absl::StatusOr<Device> ParseDevice(absl::string_view name) {
   if (name == "cpu") return Device::kCpu;
@@ -118,8 +123,7 @@ at::Tensor LlamaImpl::ForwardHidden(const at::Tensor& ids, const at::Tensor& pos
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const at::ScalarType dtype = options.dtype().toScalarType();
 
-  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0);  // [S, d/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  const at::Tensor emb = RopeAngles(positions, inv_freq);  // [S, d]
   const at::Tensor cos = emb.cos().to(dtype);
   const at::Tensor sin = emb.sin().to(dtype);
   // [1, S, T] so it broadcasts over each kv head's group of query heads.

@@ -47,6 +47,14 @@ struct LlamaImpl {
   at::Tensor Logits(const at::Tensor& hidden) const;
 };
 
+// Shared by the serving forward and the training forward (train/), so both compute the same
+// function. HF LlamaRMSNorm: statistics in fp32, the scale applied after casting back.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// HF rotary embedding over the last dim: x [..., T, heads, d], cos/sin [..., T, d].
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// cat(freqs, freqs) with freqs = positions * inv_freq in fp32: [..., d] for positions [...].
+at::Tensor RopeAngles(const at::Tensor& positions, const at::Tensor& inv_freq);
+
 }  // namespace anchorserve::model
 
 #endif  // ANCHORSERVE_MODEL_LLAMA_IMPL_H_

@@ -10,6 +10,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-check}"
 mkdir -p "$OUT"
+# .device-deps may travel packed (.device-train/deps.tgz) to leave room for training text.
+[ -d .device-deps ] || tar xzf .device-train/deps.tgz
 source .device-deps/env.sh
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
@@ -46,7 +48,24 @@ step benchmarks
 {
   build-gpu/bin/model_bench --shape tiny --device cuda --dtype bfloat16 --prompt 128 --decode 64
   build-gpu/bin/model_bench --shape 7b --device cuda --dtype bfloat16 --prompt 512 --decode 32
+  echo
+  echo "Training step, 20M shape, bf16: anchor-train (fused / eager mask) vs HF transformers"
+  build-gpu/bin/train_bench --device cuda --batch 32 --seq 512 --steps 10
+  python3 scripts/device/hf_train_bench.py --batch 32 --seq 512 --steps 10
 } 2>"$OUT/bench.err" | tee "$OUT/bench.md"
+
+if [ -f .device-train/text.tar.xz ] && [ -n "${TRAIN_SMOKE:-1}" ]; then
+  step "training pipeline smoke (one book file, a few steps per stage)"
+  mkdir -p /tmp/text && tar xJf .device-train/text.tar.xz -C /tmp/text
+  mkdir -p /tmp/smoke-text/train /tmp/smoke-text/heldout
+  cp /tmp/text/train/gutenberg-children-05.txt /tmp/smoke-text/train/
+  cp /tmp/text/heldout/gutenberg_valid.txt /tmp/smoke-text/heldout/
+  BASE_STEPS=30 AC_STEPS=10 EP_STEPS=10 BATCH=16 bash scripts/train-models.sh /tmp/smoke-text \
+    .device-train/tokenizer /tmp/smoke-models >"$OUT/train-smoke.log" 2>&1 \
+    && grep -E "^==|^\{|step .*eval" "$OUT/train-smoke.log" | tail -12 \
+    || { echo "training smoke FAILED"; tail -30 "$OUT/train-smoke.log"; }
+  python3 scripts/device/hf_check_default.py /tmp/smoke-models/ac build-gpu/bin/anchor-eval 2>&1 | tail -2
+fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$OUT/bench.md"
 step done
 exit $tests_rc

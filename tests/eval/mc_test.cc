@@ -301,9 +301,14 @@ TEST_F(EvaluateMultipleChoiceTest, AccuracyAndDemonstrationAccountingByHand) {
     EXPECT_EQ(report->demo_anchors, 1);
     ASSERT_TRUE(report->compression.has_value());
     EXPECT_DOUBLE_EQ(*report->compression, 1.0 - 1.0 / static_cast<double>(prefix.size()));
-    EXPECT_FALSE(report->speedup.has_value());
+    EXPECT_EQ(report->speedup.has_value(), mode == EvalMode::kAnchor);
     EXPECT_FALSE(report->continuation_ppl.has_value());
     if (mode == EvalMode::kAnchor) {
+      // Scoring from a fork of the anchor-compressed demonstrations gives the same numbers.
+      ASSERT_TRUE(report->cached_max_diff.has_value());
+      EXPECT_EQ(*report->cached_max_diff, 0.0);
+      EXPECT_GT(report->seconds_anchor_cached, 0);
+      EXPECT_GT(report->seconds_full_cached, 0);
       ASSERT_TRUE(report->kv_after_demos.has_value());
       EXPECT_EQ(*report->kv_after_demos, 1);  // only the demonstration's anchor survives
     } else {
