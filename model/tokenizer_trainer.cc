@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/remove_tree.h"
 
 extern char** environ;
 
@@ -30,8 +31,7 @@ class ScratchDirectory {
  public:
   explicit ScratchDirectory(fs::path path) : path_(std::move(path)) {}
   ~ScratchDirectory() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
+    anchorserve::RemoveTree(path_);
   }
   ScratchDirectory(const ScratchDirectory&) = delete;
   ScratchDirectory& operator=(const ScratchDirectory&) = delete;

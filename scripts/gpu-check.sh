@@ -54,7 +54,7 @@ step benchmarks
   python3 scripts/device/hf_train_bench.py --batch 32 --seq 512 --steps 10
 } 2>"$OUT/bench.err" | tee "$OUT/bench.md"
 
-if [ -f .device-train/text.tar.xz ] && [ -n "${TRAIN_SMOKE:-1}" ]; then
+if [ -f .device-train/text.tar.xz ] && [ -n "${TRAIN_SMOKE-1}" ]; then
   step "training pipeline smoke (one book file, a few steps per stage)"
   mkdir -p /tmp/text && tar xJf .device-train/text.tar.xz -C /tmp/text
   mkdir -p /tmp/smoke-text/train /tmp/smoke-text/heldout

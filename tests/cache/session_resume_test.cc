@@ -5,6 +5,7 @@
 
 #include "cache/resident_sequences.h"
 #include "cache/session_store.h"
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 
 namespace anchorserve::cache {
@@ -35,9 +36,9 @@ class SessionResumeTest : public ::testing::Test {
     anchors_ = model::CustomAnchors({kAnchor}, -1);
     resident_ = std::make_unique<ResidentSequences>(model_.get(), pool_.get(), anchors_, "m1");
     dir_ = ::testing::TempDir() + "/session_resume_" + std::to_string(::getpid());
-    std::filesystem::remove_all(dir_);
+    anchorserve::RemoveTree(dir_);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override { anchorserve::RemoveTree(dir_); }
 
   std::unique_ptr<SessionStore> NewStore() {
     SessionStoreOptions o;

@@ -26,6 +26,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/remove_tree.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/session_test_util.h"
@@ -106,8 +107,7 @@ class SessionStoreTest : public ::testing::Test {
   }
   void TearDown() override {
     ::chmod(disk_dir_.c_str(), 0700);
-    std::error_code ignored;
-    std::filesystem::remove_all(root_, ignored);
+    anchorserve::RemoveTree(root_);
   }
 
   SessionStoreOptions Options(bool with_disk = true) {

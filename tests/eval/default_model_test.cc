@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 #include "tests/eval/anchor_eval_runner.h"
 
@@ -31,11 +32,11 @@ class DefaultModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string(::testing::TempDir() + "/default_model_" + std::to_string(getpid()));
-    std::filesystem::remove_all(*dir_);
+    anchorserve::RemoveTree(*dir_);
     init_ = new Outcome(AnchorEval("init-model --out " + *dir_));
   }
   static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
+    anchorserve::RemoveTree(*dir_);
     delete dir_;
     delete init_;
   }
@@ -67,7 +68,7 @@ TEST_F(DefaultModelTest, WritesAnAcModelDeterministically) {
   const std::string text = " --text 'The quiet island, 1849. <AC> Caf\xC3\xA9 \xE6\x9D\xB1!'";
   EXPECT_EQ(AnchorEval("tokenize --model " + *dir_ + text).out,
             AnchorEval("tokenize --model " + again + text).out);
-  std::filesystem::remove_all(again);
+  anchorserve::RemoveTree(again);
   const nlohmann::json anchors = nlohmann::json::parse(ReadAll(*dir_ + "/anchor_config.json"));
   EXPECT_EQ(anchors["anchor_type"], "ac");
 }
@@ -77,7 +78,7 @@ TEST_F(DefaultModelTest, RelativeOutputDirectoryWorks) {
   const Outcome run = AnchorEval("init-model --out " + relative);
   EXPECT_EQ(run.exit_code, 0) << run.err;
   EXPECT_TRUE(std::filesystem::exists(relative + "/tokenizer.model"));
-  std::filesystem::remove_all(relative);
+  anchorserve::RemoveTree(relative);
 }
 
 TEST_F(DefaultModelTest, TokenizeSplitsOnTheAnchorToken) {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 #include "tests/eval/anchor_eval_runner.h"
 
@@ -51,13 +52,13 @@ class EvalCommandsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = new std::string(::testing::TempDir() + "/eval_commands_" + std::to_string(getpid()));
-    std::filesystem::remove_all(*root_);
+    anchorserve::RemoveTree(*root_);
     std::filesystem::create_directories(*root_);
     init_ = new Outcome(AnchorEval("init-model --out " + Model()));
     std::ofstream(Text()) << kHeldOut;
   }
   static void TearDownTestSuite() {
-    std::filesystem::remove_all(*root_);
+    anchorserve::RemoveTree(*root_);
     delete root_;
     delete init_;
   }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 #include "model/ansan_mask.h"
 #include "model/default_model.h"
@@ -74,14 +75,14 @@ inline const std::string& DefaultModelDir() {
   static const std::string* dir = [] {
     auto* path =
         new std::string(::testing::TempDir() + "/eval_default_model_" + std::to_string(getpid()));
-    std::filesystem::remove_all(*path);
+    anchorserve::RemoveTree(*path);
     model::DefaultModelOptions options;
     options.out_dir = *path;
     if (!model::WriteDefaultModel(options).ok()) {
-      std::filesystem::remove_all(*path);
+      anchorserve::RemoveTree(*path);
       path->clear();
     } else {
-      std::atexit([] { std::filesystem::remove_all(DefaultModelDir()); });
+      std::atexit([] { anchorserve::RemoveTree(DefaultModelDir()); });
     }
     return path;
   }();

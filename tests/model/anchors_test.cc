@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 #include "model/model_config.h"
 #include "model/tokenizer.h"
@@ -55,7 +56,7 @@ std::string LlamaLikeModel() {
 
 std::string MakeDir(const std::string& name) {
   const std::string dir = ::testing::TempDir() + "/anchors_" + name;
-  std::filesystem::remove_all(dir);
+  anchorserve::RemoveTree(dir);
   std::filesystem::create_directories(dir);
   return dir;
 }

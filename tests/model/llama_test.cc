@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 #include "model/anchor_sequence.h"
 #include "model/ansan_mask.h"
@@ -90,7 +91,7 @@ INSTANTIATE_TEST_SUITE_P(TinyModels, HfParityTest, ::testing::Values("hf_tiny_mh
 
 TEST(CheckpointConvertTest, ReleasedBinLayoutConvertsAndMatches) {
   const std::string out = ::testing::TempDir() + "/converted_bin";
-  std::filesystem::remove_all(out);
+  anchorserve::RemoveTree(out);
   ASSERT_TRUE(ConvertTorchCheckpoint(TestData("hf_tiny_bin"), out, 1 << 20).ok());
   ASSERT_TRUE(std::filesystem::exists(out + "/config.json"));
   auto checkpoint = Checkpoint::Open(out);
@@ -116,7 +117,7 @@ TEST(CheckpointConvertTest, GarbageBinIsAClearError) {
 std::string BrokenCopy(const std::string& name, const std::string& drop, bool reshape) {
   const std::string src = TestData("hf_tiny_mha");
   const std::string dir = ::testing::TempDir() + "/" + name;
-  std::filesystem::remove_all(dir);
+  anchorserve::RemoveTree(dir);
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
   auto file = SafetensorsFile::Open(src + "/model.safetensors");
@@ -184,7 +185,7 @@ class Bf16GpuTest : public ::testing::Test {
   void SetUp() override {
     if (!CudaAvailable()) GTEST_SKIP() << "no GPU in this build or machine";
     dir_ = ::testing::TempDir() + "/bf16_weights";
-    std::filesystem::remove_all(dir_);
+    anchorserve::RemoveTree(dir_);
     ASSERT_TRUE(ConvertTorchCheckpoint(TestData("hf_tiny_bin"), dir_, 1 << 20).ok());
     auto cpu = LlamaModel::Load(dir_, LoadOptions{});
     LoadOptions gpu_options;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/remove_tree.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -365,7 +366,7 @@ TEST(ModelConfigTest, ToJsonRoundTripsAndLooksLikeTransformers) {
 TEST(ModelConfigTest, LoadFromDirectory) {
   const std::filesystem::path dir =
       std::filesystem::path(::testing::TempDir()) / "model_config_test_load";
-  std::filesystem::remove_all(dir);
+  anchorserve::RemoveTree(dir);
   std::filesystem::create_directories(dir);
 
   auto missing = LoadModelConfig(dir.string());

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/remove_tree.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/tokenizer_trainer.h"
@@ -37,7 +38,7 @@ fs::path TestRoot() {
   static const fs::path* root = [] {
     auto* path = new fs::path(fs::path(::testing::TempDir()) /
                               absl::StrCat("anchorserve_tokenizer_test_", getpid()));
-    fs::remove_all(*path);
+    anchorserve::RemoveTree(*path);
     fs::create_directories(*path);
     return path;
   }();
@@ -46,7 +47,7 @@ fs::path TestRoot() {
 
 class RemoveTestRoot : public ::testing::Environment {
  public:
-  void TearDown() override { fs::remove_all(TestRoot()); }
+  void TearDown() override { anchorserve::RemoveTree(TestRoot()); }
 };
 [[maybe_unused]] const auto* const kRemoveTestRoot =
     ::testing::AddGlobalTestEnvironment(new RemoveTestRoot);
@@ -663,7 +664,7 @@ TEST_F(TokenizerSpmAgreementTest, RejectsUnsupportedModels) {
                                   "--model_type=bpe --vocab_size=400"
                                   " --normalization_rule_name=nmt_nfkc"}) {
     const fs::path dir = TestRoot() / "unsupported";
-    fs::remove_all(dir);
+    anchorserve::RemoveTree(dir);
     fs::create_directories(dir);
     if (!RunShell(absl::StrCat("spm_train --input=", SharedModel().corpus_path.string(),
                                " --model_prefix=", (dir / "tokenizer").string(), " ", flags,

@@ -1,6 +1,7 @@
 // The engine end to end on the CPU with the tiny default model: streaming, exactness against
 // the single-sequence reference, sessions that prefill only new tokens, cancellation,
 // deadlines, queue limits, validation, injected faults and drain.
+#include "common/remove_tree.h"
 #include "scheduler/engine.h"
 
 #include <condition_variable>
@@ -65,7 +66,7 @@ class EngineTest : public ::testing::Test {
     written_ = new absl::Status(model::WriteDefaultModel(options));
   }
   static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
+    anchorserve::RemoveTree(*dir_);
     delete dir_;
     delete written_;
   }
@@ -389,7 +390,7 @@ TEST_F(EngineTest, IdleSessionsExpireAfterTheirTtl) {
 
 TEST_F(EngineTest, DrainPersistsSessionsAndARestartContinuesThem) {
   const std::string disk = ::testing::TempDir() + "/engine_sessions_" + std::to_string(getpid());
-  std::filesystem::remove_all(disk);
+  anchorserve::RemoveTree(disk);
   EngineOptions options;
   options.sessions.disk_dir = disk;
   const std::vector<int32_t> turn1 = Prompt("The old captain opened the letter. <AC>");
@@ -421,7 +422,7 @@ TEST_F(EngineTest, DrainPersistsSessionsAndARestartContinuesThem) {
   EXPECT_EQ(info->turns, 1);
   EXPECT_EQ(run_turn(*restarted, "s", turn2), want);
   restarted.reset();
-  std::filesystem::remove_all(disk);
+  anchorserve::RemoveTree(disk);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 #include "model/default_model.h"
 #include "model/tokenizer.h"
@@ -25,7 +26,7 @@ class PrepareTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = ::testing::TempDir() + "/prepare_" + std::to_string(getpid());
-    std::filesystem::remove_all(dir_);
+    anchorserve::RemoveTree(dir_);
     model::DefaultModelOptions model;
     model.out_dir = dir_ + "/model";
     absl::Status written = model::WriteDefaultModel(model);
@@ -39,7 +40,7 @@ class PrepareTest : public ::testing::Test {
                                            "<|endoftext|>\n"
                                            "Tom found the book.\n";
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override { anchorserve::RemoveTree(dir_); }
   std::string dir_;
 };
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 
 namespace anchorserve::train {
@@ -17,7 +18,7 @@ namespace fs = std::filesystem;
 // each document starting with BOS (1).
 std::string WriteCorpus(const std::string& name, const std::vector<int64_t>& lengths) {
   const std::string dir = ::testing::TempDir() + "/" + name + "_" + std::to_string(getpid());
-  fs::remove_all(dir);
+  anchorserve::RemoveTree(dir);
   fs::create_directories(dir);
   std::vector<uint16_t> tokens;
   std::vector<uint64_t> starts;
@@ -61,7 +62,7 @@ TEST(TokenDatasetTest, CutsDocumentsIntoWindowsThatEachStartWithBos) {
   const std::vector<int32_t> tokens = WindowTokens(*data, windows[4], 8, /*pad_id=*/3);
   EXPECT_EQ(tokens, (std::vector<int32_t>{1, data->tokens()[35], data->tokens()[36],
                                           data->tokens()[37], 3, 3, 3, 3}));
-  fs::remove_all(dir);
+  anchorserve::RemoveTree(dir);
 }
 
 TEST(TokenDatasetTest, EpochOrderIsASeededPermutation) {
@@ -82,7 +83,7 @@ TEST(TokenDatasetTest, ShardsThatDisagreeWithTheIndexAreDataLoss) {
   EXPECT_EQ(data.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(data.status().message().find("tokens-00000.bin"), std::string::npos);
   EXPECT_EQ(TokenDataset::Open(dir + "/missing").status().code(), absl::StatusCode::kNotFound);
-  fs::remove_all(dir);
+  anchorserve::RemoveTree(dir);
 }
 
 }  // namespace

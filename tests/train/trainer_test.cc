@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/remove_tree.h"
 #include "gtest/gtest.h"
 #include "model/ansan_mask.h"
 #include "model/anchors.h"
@@ -34,7 +35,7 @@ class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string(::testing::TempDir() + "/trainer_" + std::to_string(getpid()));
-    fs::remove_all(*dir_);
+    anchorserve::RemoveTree(*dir_);
     model::DefaultModelOptions model;
     model.out_dir = *dir_ + "/model";
     model.hidden_size = 64;
@@ -52,7 +53,7 @@ class TrainerTest : public ::testing::Test {
     }
   }
   static void TearDownTestSuite() {
-    fs::remove_all(*dir_);
+    anchorserve::RemoveTree(*dir_);
     delete dir_;
     delete status_;
   }
