@@ -97,13 +97,14 @@ def evaluate(a, save):
     return results
 
 
-def render(res):
-    out = [f"# Evaluation report\n",
+def render(res, heading="# Evaluation report"):
+    out = [f"{heading}\n",
            f"Generated {res['date']} on `{res['device']}` by `scripts/eval-report.py` "
            f"(settings: {json.dumps(res['settings'])}). Models:\n"]
     for name, m in res["models"].items():
         out.append(f"- **{name}**: `{m['dir']}` (anchors: {m['anchors']})")
-    out.append("\n## Perplexity on held-out text\n")
+    sub = "#" * (heading.count("#") + 1)
+    out.append(f"\n{sub} Perplexity on held-out text\n")
     out.append("Perplexity over the non-anchor tokens of full windows (AC models are scored on "
                "the text with `<AC>` inserted at sentence ends; the `<AC>` targets are left out so "
                "that every model is scored on the same words). Anchor mode is the incremental "
@@ -118,7 +119,7 @@ def render(res):
         out.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['non_anchor_token_ppl']:.2f} | "
                    f"{ratio:.3f} | {r['kv']['mean_kept']:.1f} / {r['kv']['mean_full_equivalent']:.1f} | "
                    f"{100 * r['kv']['c_down']:.1f}% |")
-    out.append("\n## Multiple choice, k-shot\n")
+    out.append(f"\n{sub} Multiple choice, k-shot\n")
     out.append("Accuracy (`acc`: summed log-likelihood; `acc_norm`: per character, as lm-eval). "
                "L_d: demonstration tokens, L_kv: what anchor caching keeps of them, "
                "C↓ = 1 − L_kv/L_d; T↑ = time recomputing the demonstrations per choice ÷ time "
@@ -130,7 +131,8 @@ def render(res):
     for r in res["mc"]:
         def f(x, p=3):
             return "–" if x is None else f"{x:.{p}f}"
-        cd = r.get("c_down")
+        # C-down applies to what anchor mode keeps; full-mode rows keep everything.
+        cd = r.get("c_down") if r["mode"] == "anchor" else None
         out.append(f"| {r['model']} | {r['task']} | {r['mode']} | {r['items']} | {f(r['acc'])} | "
                    f"{f(r.get('acc_norm'))} | {r['L_d']} | {r['L_kv']} | "
                    f"{'–' if cd is None else f'{100 * cd:.1f}%'} | {f(r.get('t_up'), 2)} | "
@@ -153,11 +155,23 @@ def main():
     p.add_argument("--out", default="docs/EVAL_REPORT.md")
     p.add_argument("--json", default="docs/eval_report.json")
     p.add_argument("--mc-modes", default="", help="only these modes for mc (default: all)")
-    p.add_argument("--render")
+    p.add_argument("--render", help="JSON file(s) of earlier runs, comma-separated")
+    p.add_argument("--preamble", help="Markdown placed before the rendered runs")
     a = p.parse_args()
-    if a.render:
-        with open(a.render) as f:
-            res = json.load(f)
+    if a.render:  # one or more saved runs, each under its own heading
+        text = ""
+        if a.preamble:
+            with open(a.preamble) as f:
+                text = f.read() + "\n"
+        for path in a.render.split(","):
+            with open(path) as f:
+                res = json.load(f)
+            s = res["settings"]
+            text += render(res, f"## Window {s['window']} tokens, chunk {s['chunk']}") + "\n"
+        with open(a.out, "w") as f:
+            f.write(text)
+        print(f"wrote {a.out}", file=sys.stderr)
+        return
     else:
         if not a.models:
             p.error("--models is required unless --render")
