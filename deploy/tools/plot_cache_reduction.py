@@ -76,8 +76,9 @@ def main():
     ax2.grid(alpha=0.3)
     ax2.legend(loc="upper left")
     label = a.label or runs[-1]["config"].get("server", "")
-    fig.suptitle(f"anchorctl bench against anchorserve ({label}), {a.sessions} sessions per point,"
-                 f" {a.max_tokens} tokens per reply", fontsize=10)
+    fig.suptitle(f"anchorctl bench against anchorserve: {label}\n"
+                 f"{a.sessions} sessions per point, {a.max_tokens} tokens per reply, greedy",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
     print(f"wrote {a.out}: turn C↓ {['%.3f' % c for c in turn_cr]}")

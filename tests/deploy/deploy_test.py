@@ -1,7 +1,7 @@
 """Checks of the deployment artefacts: helm/anchorserve, deploy/grafana, deploy/prometheus.
 
 Environment (set by CTest, see CMakeLists.txt): DEPLOY_ANCHORSERVE_BIN, DEPLOY_ANCHOR_EVAL_BIN,
-DEPLOY_REPO_ROOT. Not ANCHORSERVE_*: the server refuses unknown variables with that prefix.
+DEPLOY_ANCHORCTL_BIN, DEPLOY_REPO_ROOT. Not ANCHORSERVE_*: the server refuses unknown variables with that prefix.
 Tools that are not installed here (helm; yamllint, promtool where missing) are skipped with a
 message; everything else always runs.
 """
@@ -26,6 +26,9 @@ DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "anchorserve-dashboard.json"
 RULES = os.path.join(ROOT, "deploy", "prometheus", "alert-rules.yaml")
 SCRAPE = os.path.join(ROOT, "deploy", "prometheus", "scrape-config.yaml")
 SERVER_CONFIG = os.path.join(ROOT, "deploy", "config", "anchorserve.yaml")
+DOCKERFILES = [os.path.join(ROOT, "deploy", f"Dockerfile.{k}") for k in ("gpu", "cpu")]
+DEFAULT_MODEL = os.path.join(ROOT, "models", "anllm-ac-20m")
+PLOT = os.path.join(ROOT, "deploy", "tools", "plot_cache_reduction.py")
 YAMLLINT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yamllint.yaml")
 CI_VALUES = sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml")))
 
@@ -105,7 +108,8 @@ class ChartFiles(unittest.TestCase):
         values = load_yaml(os.path.join(CHART, "values.yaml"))
         for bad in ({"replicas": 2}, {"config": {"kv": {"budget": "1GiB"}}},
                     {"config": {"device": "tpu"}}, {"config": {"kv": {"budgetBytes": "lots"}}},
-                    {"gpu": {"enabled": "yes"}}, {"autoscaling": {"metric": {"type": "Resource"}}}):
+                    {"gpu": {"enabled": "yes"}}, {"autoscaling": {"metric": {"type": "Resource"}}},
+                    {"model": {"volume": {"type": "emptyDir"}}}):
             with self.subTest(bad=bad):
                 merged = json.loads(json.dumps(values))
                 def merge(dst, src):
@@ -171,6 +175,29 @@ class ChartFiles(unittest.TestCase):
                 node = node[camel(part)]
         self.assertIn("drainTimeoutSeconds", values)
 
+    def test_images_ship_the_default_model(self):
+        """The chart's default (model baked into the image) matches what the Dockerfiles build."""
+        values = load_yaml(os.path.join(CHART, "values.yaml"))
+        self.assertEqual(values["model"]["volume"]["type"], "image")
+        path = values["model"]["mountPath"].rstrip("/")
+        self.assertTrue(os.path.isfile(os.path.join(DEFAULT_MODEL, "config.json")))
+        for dockerfile in DOCKERFILES:
+            with self.subTest(dockerfile=os.path.basename(dockerfile)):
+                with open(dockerfile) as f:
+                    text = f.read()
+                self.assertRegex(text, r"(?m)^COPY models/anllm-ac-20m/? " + re.escape(path) + "/?$")
+                self.assertIn(f'"--model={path}"', text)
+                self.assertNotIn("init-model", text)
+                self.assertRegex(text, r"(?m)^FROM .* AS build$")     # multi-stage
+                self.assertRegex(text, r"(?m)^FROM .* AS runtime$")
+                self.assertIn(f"USER {values['podSecurityContext']['runAsUser']}:", text)
+                self.assertIn(f"EXPOSE {values['ports']['grpc']} {values['ports']['metrics']}", text)
+                self.assertTrue(os.path.isfile(dockerfile + ".dockerignore"))
+                with open(dockerfile + ".dockerignore") as f:
+                    ignored = f.read()
+                self.assertIn("build*/", ignored)
+                self.assertNotRegex(ignored, r"(?m)^[^#]*models")   # the model is copied in
+
     def test_yamllint(self):
         if not shutil.which("yamllint"):
             self.skipTest("yamllint not installed (scripts/install-deps.sh installs it): skipped")
@@ -207,6 +234,13 @@ class Helm(unittest.TestCase):
                 cm = next(d for d in docs if d["kind"] == "ConfigMap" and "anchorserve.yaml" in d["data"])
                 cfg = yaml.safe_load(cm["data"]["anchorserve.yaml"])
                 self.assertEqual(set(cfg), set(load_yaml(SERVER_CONFIG)))
+                volume_type = (load_yaml(values).get("model", {}).get("volume", {})
+                               .get("type", load_yaml(os.path.join(CHART, "values.yaml"))["model"]["volume"]["type"]))
+                has_model_volume = any(v["name"] == "model" for v in pod["volumes"])
+                self.assertEqual(has_model_volume, volume_type != "image", volume_type)
+                self.assertIn("startupProbe", c)
+                self.assertTrue(any(d["kind"] == "Pod" and d["metadata"].get("annotations", {})
+                                    .get("helm.sh/hook") == "test" for d in docs), "helm test pod")
                 if load_yaml(values).get("gpu", {}).get("enabled"):
                     self.assertIn("nvidia.com/gpu", c["resources"]["limits"])
                     self.assertEqual(cfg["device"], "cuda")
@@ -287,13 +321,17 @@ class MetricNamesExistInServer(unittest.TestCase):
         if not binary or not init:
             raise unittest.SkipTest("DEPLOY_ANCHORSERVE_BIN / DEPLOY_ANCHOR_EVAL_BIN not set (run through ctest)")
         cls.tmp = tempfile.TemporaryDirectory()
-        model = os.path.join(cls.tmp.name, "model")
-        subprocess.run([init, "init-model", "--out", model], check=True, capture_output=True)
+        # The embedded default model that the images and the chart serve; a tiny random model
+        # from anchor-eval init-model where a checkout lacks it.
+        model = DEFAULT_MODEL
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            model = os.path.join(cls.tmp.name, "model")
+            subprocess.run([init, "init-model", "--out", model], check=True, capture_output=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ANCHORSERVE_")}
         cls.proc = subprocess.Popen(
             [binary, "--model", model, "--listen", "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0",
              "--config="], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        log, port = [], None
+        log, port, grpc_port = [], None, None
         deadline = time.time() + 60
         while time.time() < deadline:
             line = cls.proc.stdout.readline()
@@ -302,7 +340,7 @@ class MetricNamesExistInServer(unittest.TestCase):
             log.append(line)
             m = re.search(r" serving .*listen=[0-9.]+:(\d+) metrics=[0-9.]+:(\d+)", line)
             if m:
-                port = int(m.group(2))
+                grpc_port, port = int(m.group(1)), int(m.group(2))
                 break
         if port is None:
             cls.proc.kill()
@@ -311,6 +349,7 @@ class MetricNamesExistInServer(unittest.TestCase):
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         cls.names = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
                      if line and not line.startswith("#")}
+        cls.grpc = f"127.0.0.1:{grpc_port}"
 
     @classmethod
     def tearDownClass(cls):
@@ -345,6 +384,32 @@ class MetricNamesExistInServer(unittest.TestCase):
     def test_hpa_metric_name(self):
         name = load_yaml(os.path.join(CHART, "values.yaml"))["autoscaling"]["metric"]["name"]
         self.assertIn(name, self.names)
+
+    def test_cache_reduction_plot_from_bench(self):
+        """deploy/tools/plot_cache_reduction.py renders a PNG from real `anchorctl bench` output
+        (what docs/cache_reduction_per_turn.png was made with; a Grafana screenshot cannot be
+        taken here: docs/DEPLOY.md)."""
+        anchorctl = os.environ.get("DEPLOY_ANCHORCTL_BIN")
+        if not anchorctl:
+            self.skipTest("DEPLOY_ANCHORCTL_BIN not set (run through ctest)")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            self.skipTest("python3-matplotlib not installed: plot rendering skipped")
+        out = os.path.join(self.tmp.name, "plot.png")
+        raw = os.path.join(self.tmp.name, "bench.json")
+        r = subprocess.run([PLOT, "--server", self.grpc, "--anchorctl", anchorctl, "--turns", "2",
+                            "--sessions", "1", "--max-tokens", "4", "--out", out, "--json-out", raw],
+                           capture_output=True, text=True, timeout=240)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        with open(raw) as f:
+            result = json.load(f)
+        self.assertEqual(len(result["session_cr"]), 2)
+        for cr in result["session_cr"]:
+            self.assertGreater(cr, 0.0)   # an AC model keeps fewer KV bytes than full attention
+            self.assertLess(cr, 1.0)
 
 
 if __name__ == "__main__":
