@@ -37,12 +37,8 @@ if grep -q "SEGFAULT" "$OUT/ctest.log"; then  # a backtrace of the first crashin
   cuda-gdb -batch -ex run -ex bt --args "$bin" --gtest_filter="$crashed" 2>&1 | grep -E "^#|signal" | head -15
 fi
 
-step "HF transformers loads our default model"
-# init-model trains its tokenizer with Debian's spm_train, which the GPU image may lack; a
-# model written on the dev machine can be carried in .device-model/default instead.
-model=build-gpu/models/default
-build-gpu/bin/anchor-eval init-model --out "$model" >/dev/null 2>&1 || model=.device-model/default
-python3 scripts/device/hf_check_default.py "$model" build-gpu/bin/anchor-eval 2>&1 | tail -3
+step "HF transformers loads the embedded default model"
+python3 scripts/device/hf_check_default.py models/anllm-ac-20m build-gpu/bin/anchor-eval 2>&1 | tail -1
 
 step benchmarks
 {
@@ -52,6 +48,9 @@ step benchmarks
   echo "Training step, 20M shape, bf16: anchor-train (fused / eager mask) vs HF transformers"
   build-gpu/bin/train_bench --device cuda --batch 32 --seq 512 --steps 10
   python3 scripts/device/hf_train_bench.py --batch 32 --seq 512 --steps 10
+  echo
+  echo "Decode, Llama-2-7B shape, bf16: HF transformers generate() (compare model_bench full above)"
+  python3 scripts/device/hf_generate_bench.py --prompt 512 --new 32 --batches 1,64
 } 2>"$OUT/bench.err" | tee "$OUT/bench.md"
 
 if [ -f .device-train/text.tar.xz ] && [ -n "${TRAIN_SMOKE-1}" ]; then
