@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache/durable_coding.h"
+#include "cache/session_file.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 
@@ -171,26 +172,11 @@ absl::string_view SessionTierName(SessionTier tier) {
 namespace {
 
 // One file per session: "<16 hex digits>.session", the hex being SessionFileHash(tenant, id),
-// so neither the id nor the tenant appears in a file name. Contents (little-endian; str = u32
-// length + bytes):
-//   "ANSE" | u32 version | u32 header field bytes |
-//   str tenant | str session id | str model fingerprint | i64 created (unix us) |
-//   i64 last used (unix us) | i64 turns | i64 x5 accounting | u8 has state |
-//   u64 snapshot bytes |
-//   u32 CRC-32C of everything above |
-//   the EncodeSnapshot bytes (self-checksummed; absent when the session has no state)
+// so neither the id nor the tenant appears in a file name; contents in cache/session_file.h.
 // Create reads only the header, so a restart costs one small read per session; the snapshot
 // is read and verified when the session is restored or exported.
-constexpr absl::string_view kEnvelopeMagic = "ANSE";
-constexpr uint32_t kEnvelopeVersion = 1;
 constexpr absl::string_view kSessionFileSuffix = ".session";
 constexpr size_t kFileHashHexDigits = 16;
-constexpr uint32_t kMaxIdBytes = 1024;
-constexpr uint32_t kMaxFingerprintBytes = 4096;
-// The header fields above fit with room to spare.
-constexpr size_t kMaxEnvelopeHeaderBytes = size_t{16} * 1024;
-// Far above any real snapshot; keeps a corrupt header from declaring an absurd size.
-constexpr uint64_t kMaxSnapshotBytes = uint64_t{1} << 40;
 
 uint64_t SessionFileHash(absl::string_view tenant, absl::string_view session_id) {
   // FNV-1a over a length-delimited encoding (so ("ab","c") and ("a","bc") differ), then the
@@ -233,101 +219,11 @@ bool IsLeftoverTempName(absl::string_view name) {
   return at != absl::string_view::npos && IsSessionFileName(name.substr(0, at));
 }
 
-struct EnvelopeHeader {
-  std::string tenant;
-  std::string session_id;
-  std::string model_fingerprint;
-  int64_t created_us = 0;
-  int64_t last_used_us = 0;
-  int64_t turns = 0;
-  KvAccounting accounting;
-  bool has_state = false;
-  uint64_t snapshot_bytes = 0;
-  size_t header_bytes = 0;  // everything before the snapshot, checksum included
-};
-
-std::string EncodeEnvelope(const EnvelopeHeader& h, absl::string_view encoded_snapshot) {
-  std::string fields;
-  LittleEndianWriter f(&fields);
-  f.String(h.tenant);
-  f.String(h.session_id);
-  f.String(h.model_fingerprint);
-  f.I64(h.created_us);
-  f.I64(h.last_used_us);
-  f.I64(h.turns);
-  f.I64(h.accounting.kept_tokens);
-  f.I64(h.accounting.full_tokens);
-  f.I64(h.accounting.anchors);
-  f.I64(h.accounting.peak_kept_tokens);
-  f.I64(h.accounting.bytes_per_token);
-  f.U8(h.has_state ? 1 : 0);
-  f.U64(encoded_snapshot.size());
-
-  std::string out;
-  out.reserve(16 + fields.size() + encoded_snapshot.size());
-  LittleEndianWriter w(&out);
-  w.Raw(kEnvelopeMagic);
-  w.U32(kEnvelopeVersion);
-  w.U32(static_cast<uint32_t>(fields.size()));
-  w.Raw(fields);
-  w.U32(Crc32c(out));
-  w.Raw(encoded_snapshot);
-  return out;
-}
-
-// Parses and verifies the header from a prefix of a session file.
-absl::StatusOr<EnvelopeHeader> DecodeEnvelopeHeader(absl::string_view prefix,
-                                                    absl::string_view source) {
-  auto corrupt = [&](absl::string_view what) {
-    return absl::DataLossError(absl::StrCat(source, ": corrupt session file: ", what));
-  };
-  LittleEndianReader r(prefix);
-  absl::string_view magic;
-  uint32_t version = 0;
-  uint32_t field_bytes = 0;
-  if (!r.Raw(kEnvelopeMagic.size(), &magic) || !r.U32(&version) || !r.U32(&field_bytes)) {
-    return corrupt("truncated header");
-  }
-  if (magic != kEnvelopeMagic) return corrupt("wrong magic (not a session file)");
-  if (version != kEnvelopeVersion) {
-    return corrupt(absl::StrCat("unknown format version ", version, " (this build reads ",
-                                kEnvelopeVersion, ")"));
-  }
-  absl::string_view fields;
-  uint32_t stored_crc = 0;
-  if (field_bytes > kMaxEnvelopeHeaderBytes || !r.Raw(field_bytes, &fields) ||
-      !r.U32(&stored_crc)) {
-    return corrupt("truncated header");
-  }
-  const size_t checked = kEnvelopeMagic.size() + 8 + field_bytes;
-  if (Crc32c(prefix.substr(0, checked)) != stored_crc) {
-    return corrupt("header checksum mismatch");
-  }
-  EnvelopeHeader h;
-  LittleEndianReader f(fields);
-  uint8_t has_state = 0;
-  if (!f.String(kMaxIdBytes, &h.tenant) || !f.String(kMaxIdBytes, &h.session_id) ||
-      !f.String(kMaxFingerprintBytes, &h.model_fingerprint) || !f.I64(&h.created_us) ||
-      !f.I64(&h.last_used_us) || !f.I64(&h.turns) || !f.I64(&h.accounting.kept_tokens) ||
-      !f.I64(&h.accounting.full_tokens) || !f.I64(&h.accounting.anchors) ||
-      !f.I64(&h.accounting.peak_kept_tokens) || !f.I64(&h.accounting.bytes_per_token) ||
-      !f.U8(&has_state) || !f.U64(&h.snapshot_bytes) || f.remaining() != 0) {
-    return corrupt("malformed header fields");
-  }
-  if (h.session_id.empty() || has_state > 1 || h.turns < 0 ||
-      h.snapshot_bytes > kMaxSnapshotBytes || (has_state == 0) != (h.snapshot_bytes == 0)) {
-    return corrupt("inconsistent header fields");
-  }
-  h.has_state = has_state == 1;
-  h.header_bytes = checked + 4;
-  return h;
-}
-
 absl::Status ValidateId(absl::string_view tenant, absl::string_view session_id) {
   if (session_id.empty()) return absl::InvalidArgumentError("empty session id");
-  if (session_id.size() > kMaxIdBytes || tenant.size() > kMaxIdBytes) {
+  if (session_id.size() > kMaxSessionIdBytes || tenant.size() > kMaxSessionIdBytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("session id and tenant are limited to ", kMaxIdBytes, " bytes"));
+        absl::StrCat("session id and tenant are limited to ", kMaxSessionIdBytes, " bytes"));
   }
   return absl::OkStatus();
 }
@@ -431,12 +327,12 @@ absl::Status SessionStore::IndexDiskDirectory() {
       continue;
     }
     if (!IsSessionFileName(name)) continue;  // not ours
-    absl::StatusOr<std::string> prefix = fs_->ReadFile(path, kMaxEnvelopeHeaderBytes);
+    absl::StatusOr<std::string> prefix = fs_->ReadFile(path, kMaxSessionFileHeaderBytes);
     if (!prefix.ok()) {
       index_problems_.push_back(WithPrefix(prefix.status(), "skipped: "));
       continue;
     }
-    absl::StatusOr<EnvelopeHeader> header = DecodeEnvelopeHeader(*prefix, path);
+    absl::StatusOr<SessionFileHeader> header = DecodeSessionFileHeader(*prefix, path);
     if (!header.ok()) {
       index_problems_.push_back(WithPrefix(header.status(), "skipped: "));
       continue;
@@ -634,7 +530,7 @@ absl::Status SessionStore::WriteFile(Session* s, const SessionSnapshot* snapshot
   if (options_.disk_dir.empty()) {
     return absl::FailedPreconditionError("no disk tier configured (disk_dir is empty)");
   }
-  EnvelopeHeader header;
+  SessionFileHeader header;
   header.tenant = s->tenant;
   header.session_id = s->session_id;
   header.model_fingerprint = options_.model_fingerprint;
@@ -644,7 +540,7 @@ absl::Status SessionStore::WriteFile(Session* s, const SessionSnapshot* snapshot
   header.accounting = s->accounting;
   header.has_state = snapshot != nullptr;
   const std::string file =
-      EncodeEnvelope(header, snapshot != nullptr ? EncodeSnapshot(*snapshot) : std::string());
+      EncodeSessionFile(header, snapshot != nullptr ? EncodeSnapshot(*snapshot) : std::string());
   RETURN_IF_ERROR(CheckDiskRoom(static_cast<int64_t>(file.size()), s));
   auto owner = files_.find(s->file_name);
   if (owner != files_.end() && owner->second != s) {
@@ -746,7 +642,7 @@ absl::StatusOr<SessionSnapshot> SessionStore::ReadFromDisk(const Session& s,
     }
     return WithPrefix(file.status(), prefix);
   }
-  absl::StatusOr<EnvelopeHeader> header = DecodeEnvelopeHeader(*file, path);
+  absl::StatusOr<SessionFileHeader> header = DecodeSessionFileHeader(*file, path);
   if (!header.ok()) return WithPrefix(header.status(), prefix);
   if (header->tenant != s.tenant || header->session_id != s.session_id ||
       header->model_fingerprint != options_.model_fingerprint || !header->has_state) {

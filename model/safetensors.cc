@@ -279,47 +279,16 @@ int64_t TensorView::numel() const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SafetensorsFile
+// Header
 
-SafetensorsFile::SafetensorsFile(std::string path, void* mapping, size_t mapping_size,
-                                 size_t data_start,
-                                 std::map<std::string, Entry, std::less<>> entries,
-                                 std::map<std::string, std::string> metadata)
-    : path_(std::move(path)),
-      mapping_(mapping),
-      mapping_size_(mapping_size),
-      data_start_(data_start),
-      entries_(std::move(entries)),
-      metadata_(std::move(metadata)) {}
-
-SafetensorsFile::~SafetensorsFile() { ::munmap(mapping_, mapping_size_); }
-
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return ErrnoError(errno, absl::StrCat("cannot open safetensors file ", path));
-  }
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return ErrnoError(errno, absl::StrCat("cannot stat ", path));
-  if (!S_ISREG(st.st_mode)) {
-    return absl::FailedPreconditionError(absl::StrCat(path, " is not a regular file"));
-  }
-  const size_t file_size = static_cast<size_t>(st.st_size);
+absl::StatusOr<SafetensorsLayout> ParseSafetensorsLayout(absl::string_view file,
+                                                         absl::string_view path) {
+  const size_t file_size = file.size();
   if (file_size < kLengthPrefixBytes) {
     return absl::DataLossError(absl::StrCat(path, ": file is ", file_size,
                                             " bytes, too short for the 8-byte header length"));
   }
-  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (mapping == MAP_FAILED) return ErrnoError(errno, absl::StrCat("cannot mmap ", path));
-  // Unmap on every error path below; ownership moves to the object only on success.
-  struct Unmapper {
-    void* mapping;
-    size_t size;
-    ~Unmapper() {
-      if (mapping != nullptr) ::munmap(mapping, size);
-    }
-  } unmapper{mapping, file_size};
-  const uint8_t* bytes = static_cast<const uint8_t*>(mapping);
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(file.data());
 
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
@@ -357,8 +326,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
         absl::StrCat(path, ": header must be a JSON object, got ", header.type_name()));
   }
 
-  std::map<std::string, Entry, std::less<>> entries;
-  std::map<std::string, std::string> metadata;
+  SafetensorsLayout layout;
+  layout.data_start = data_start;
+  std::map<std::string, SafetensorsEntry, std::less<>>& entries = layout.entries;
+  std::map<std::string, std::string>& metadata = layout.metadata;
   struct Range {
     size_t begin;
     size_t end;
@@ -405,7 +376,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       return absl::InvalidArgumentError(
           absl::StrCat(where, "\"shape\" must be an array, got ", shape_it->type_name()));
     }
-    Entry entry;
+    SafetensorsEntry entry;
     entry.dtype = *dtype;
     for (const Json& dim : *shape_it) {
       absl::StatusOr<uint64_t> d = NonNegativeInt(dim, "dim");
@@ -459,9 +430,54 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     }
   }
 
+  return layout;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SafetensorsFile
+
+SafetensorsFile::SafetensorsFile(std::string path, void* mapping, size_t mapping_size,
+                                 SafetensorsLayout layout)
+    : path_(std::move(path)),
+      mapping_(mapping),
+      mapping_size_(mapping_size),
+      data_start_(layout.data_start),
+      entries_(std::move(layout.entries)),
+      metadata_(std::move(layout.metadata)) {}
+
+SafetensorsFile::~SafetensorsFile() { ::munmap(mapping_, mapping_size_); }
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return ErrnoError(errno, absl::StrCat("cannot open safetensors file ", path));
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoError(errno, absl::StrCat("cannot stat ", path));
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, " is not a regular file"));
+  }
+  const size_t file_size = static_cast<size_t>(st.st_size);
+  // Before mapping too: mmap refuses an empty file with an errno that would hide the cause.
+  if (file_size < kLengthPrefixBytes) {
+    return absl::DataLossError(absl::StrCat(path, ": file is ", file_size,
+                                            " bytes, too short for the 8-byte header length"));
+  }
+  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+  if (mapping == MAP_FAILED) return ErrnoError(errno, absl::StrCat("cannot mmap ", path));
+  // Unmap on every error path below; ownership moves to the object only on success.
+  struct Unmapper {
+    void* mapping;
+    size_t size;
+    ~Unmapper() {
+      if (mapping != nullptr) ::munmap(mapping, size);
+    }
+  } unmapper{mapping, file_size};
+  const absl::string_view bytes(static_cast<const char*>(mapping), file_size);
+  ASSIGN_OR_RETURN(SafetensorsLayout layout, ParseSafetensorsLayout(bytes, path));
   unmapper.mapping = nullptr;
-  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(
-      path, mapping, file_size, data_start, std::move(entries), std::move(metadata)));
+  return std::unique_ptr<SafetensorsFile>(
+      new SafetensorsFile(path, mapping, file_size, std::move(layout)));
 }
 
 std::vector<std::string> SafetensorsFile::TensorNames() const {
@@ -480,7 +496,7 @@ absl::StatusOr<TensorView> SafetensorsFile::Get(absl::string_view name) const {
   if (it == entries_.end()) {
     return absl::NotFoundError(absl::StrCat("tensor '", name, "' not found in ", path_));
   }
-  const Entry& entry = it->second;
+  const SafetensorsEntry& entry = it->second;
   TensorView view;
   view.name = it->first;
   view.dtype = entry.dtype;

@@ -50,6 +50,29 @@ struct TensorView {
   int64_t numel() const;
 };
 
+// Where one tensor lies in a safetensors file.
+struct SafetensorsEntry {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;  // empty for a scalar
+  size_t begin = 0;            // offset into the data section
+  size_t nbytes = 0;           // numel * DTypeSize(dtype)
+};
+
+// The validated header of a safetensors file.
+struct SafetensorsLayout {
+  size_t data_start = 0;  // 8 + header length: where the data section begins
+  std::map<std::string, SafetensorsEntry, std::less<>> entries;
+  std::map<std::string, std::string> metadata;  // "__metadata__"
+};
+
+// Validates `file`, the bytes of a whole safetensors file, exactly as SafetensorsFile::Open
+// does (its DataLoss and InvalidArgument cases, messages naming `path`) and returns where each
+// tensor lies: data_start + begin + nbytes <= file.size() for every entry, and no two
+// non-empty tensors overlap. Pure: Open maps the file and calls this; the fuzzer
+// (fuzz/safetensors_fuzzer.cc) calls it on arbitrary bytes.
+absl::StatusOr<SafetensorsLayout> ParseSafetensorsLayout(absl::string_view file,
+                                                         absl::string_view path);
+
 // One safetensors file, memory-mapped read-only for the lifetime of the object.
 //
 // Thread-safety: immutable after Open; all const methods may be called concurrently.
@@ -82,22 +105,13 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
-  struct Entry {
-    DType dtype;
-    std::vector<int64_t> shape;
-    size_t begin;  // offset into the data section
-    size_t nbytes;
-  };
-
-  SafetensorsFile(std::string path, void* mapping, size_t mapping_size, size_t data_start,
-                  std::map<std::string, Entry, std::less<>> entries,
-                  std::map<std::string, std::string> metadata);
+  SafetensorsFile(std::string path, void* mapping, size_t mapping_size, SafetensorsLayout layout);
 
   const std::string path_;
   void* const mapping_;  // the whole file, PROT_READ; never null (files are >= 8 bytes)
   const size_t mapping_size_;
   const size_t data_start_;  // 8 + header length
-  const std::map<std::string, Entry, std::less<>> entries_;
+  const std::map<std::string, SafetensorsEntry, std::less<>> entries_;
   const std::map<std::string, std::string> metadata_;
 };
 

@@ -14,4 +14,5 @@ cmake --build "$BUILD_DIR" -j "${JOBS:-$(nproc)}"
 export ASAN_OPTIONS="detect_leaks=0:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export OMP_NUM_THREADS=1
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j "${TEST_JOBS:-$(nproc)}"
+# `timing` tests (overload) assert latencies only a full-speed build can meet.
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "${TEST_JOBS:-$(nproc)}" -LE timing

@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
@@ -9,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <type_traits>
@@ -391,7 +393,7 @@ std::vector<Field> BuildFields() {
   // limits
   f.push_back(IntegerField(
       NewField("limits.max_prompt_tokens", "<int>",
-               "Longest accepted prompt (one turn's new tokens); longer is INVALID_ARGUMENT."),
+               "Longest accepted prompt (one turn's new tokens); longer is OUT_OF_RANGE."),
       CONFIG_MEMBER(limits.max_prompt_tokens)));
   f.push_back(
       IntegerField(NewField("limits.max_new_tokens", "<int>",
@@ -603,17 +605,73 @@ absl::string_view NodeKind(const YAML::Node& node) {
   return "nothing";
 }
 
+// Counts the documents of a YAML stream without building them, and stops where yaml-cpp 0.7
+// would loop forever: after a top-level flow collection, a stray ',' ("[],", "{a: 1},") is
+// never consumed, and the parser hands out one empty document after another, each starting at
+// that same mark (jbeder/yaml-cpp#1040; YAML::LoadAll grows without bound until the process
+// runs out of memory; found by fuzz/config_fuzzer.cc). A real document always consumes text, so
+// a document starting where the previous one started is that loop.
+class YamlDocumentCounter : public YAML::EventHandler {
+ public:
+  // Throws YAML::Exception as YAML::LoadAll would; `*stuck` is set to the mark where parsing
+  // stopped advancing, if it did.
+  static int Count(const std::string& text, std::optional<YAML::Mark>* stuck) {
+    std::istringstream input(text);
+    YAML::Parser parser(input);
+    YamlDocumentCounter counter;
+    int documents = 0;
+    while (parser.HandleNextDocument(counter)) {
+      if (counter.starts_ > 1 && counter.start_.pos <= counter.previous_start_.pos) {
+        *stuck = counter.start_;
+        break;
+      }
+      ++documents;
+    }
+    return documents;
+  }
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    previous_start_ = start_;
+    start_ = mark;
+    ++starts_;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+ private:
+  int starts_ = 0;
+  YAML::Mark start_;
+  YAML::Mark previous_start_;
+};
+
 // One YAML document (an empty text has none). `error_detail`: whether yaml-cpp's message may be
 // repeated (not for the tokens file: it can quote a character of the text).
 absl::StatusOr<YAML::Node> ParseYamlDocument(absl::string_view text, absl::string_view file,
                                              bool error_detail) {
   try {
-    std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
-    if (documents.size() > 1) {
-      return absl::InvalidArgumentError(absl::StrCat(file, ": holds ", documents.size(),
-                                                     " YAML documents ('---'); expected one"));
+    const std::string input(text);
+    std::optional<YAML::Mark> stuck;
+    const int documents = YamlDocumentCounter::Count(input, &stuck);
+    if (stuck.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Location(file, *stuck), ": YAML syntax error",
+                       error_detail ? ": unexpected text after the document" : ""));
     }
-    return documents.empty() ? YAML::Node() : documents.front();
+    if (documents > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": holds ", documents, " YAML documents ('---'); expected one"));
+    }
+    // The first document, exactly as LoadAll builds it (an empty text: a null node).
+    return YAML::Load(input);
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(Location(file, e.mark), ": YAML syntax error",
                                                    error_detail ? ": " : "",

@@ -1,22 +1,35 @@
 #include "server/metrics.h"
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <thread>
 #include <cmath>
-#include <exception>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -119,6 +132,184 @@ absl::Status CheckListenAddress(const std::string& address) {
 
 bool UsableSeconds(double seconds) { return std::isfinite(seconds) && seconds >= 0; }
 
+// The HTTP side of /metrics: one thread that answers one connection at a time (Prometheus
+// scrapes a target one request at a time) and closes it. It replaces prometheus-cpp's civetweb
+// Exposer, whose threads are created with a fixed 100 KiB stack: glibc refuses such a thread
+// (pthread_create EINVAL) once the process's static TLS, which every thread stack must hold,
+// grows past it, and libtorch with OpenBLAS alone brings about 100 KiB of it.
+class ScrapeEndpoint {
+ public:
+  // Binds `address` ("host:port", validated by CheckListenAddress; port 0 picks one) and starts
+  // serving `body()` at GET /metrics. Unavailable, naming the address, when it cannot bind.
+  static absl::StatusOr<std::unique_ptr<ScrapeEndpoint>> Start(const std::string& address,
+                                                               std::function<std::string()> body) {
+    const size_t colon = address.rfind(':');
+    std::string host = address.substr(0, colon);
+    const std::string port = address.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    const int lookup =
+        getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found);
+    if (lookup != 0) {
+      return absl::UnavailableError(absl::StrCat("metrics endpoint: cannot listen on ", address,
+                                                 " (", gai_strerror(lookup), ")"));
+    }
+    int fd = -1;
+    int error = 0;
+    for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
+      fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+      if (fd < 0) {
+        error = errno;
+        continue;
+      }
+      const int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        error = errno;
+        close(fd);
+        fd = -1;
+      }
+    }
+    freeaddrinfo(found);
+    if (fd < 0) {
+      return absl::UnavailableError(absl::StrCat("metrics endpoint: cannot listen on ", address,
+                                                 " (", std::strerror(error),
+                                                 "): is the port in use?"));
+    }
+    sockaddr_storage bound{};
+    socklen_t length = sizeof(bound);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length);
+    auto endpoint = std::unique_ptr<ScrapeEndpoint>(new ScrapeEndpoint(fd, std::move(body)));
+    endpoint->port_ = ntohs(bound.ss_family == AF_INET6
+                                ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    if (pipe2(endpoint->wake_, O_CLOEXEC) != 0) {
+      return absl::InternalError(absl::StrCat("metrics endpoint: pipe: ", std::strerror(errno)));
+    }
+    endpoint->thread_ = std::thread([e = endpoint.get()] { e->Serve(); });
+    return endpoint;
+  }
+
+  // Stops accepting, lets an answer in progress finish (at most its socket timeouts) and joins
+  // the thread.
+  ~ScrapeEndpoint() {
+    if (thread_.joinable()) {
+      const char stop = 's';
+      while (write(wake_[1], &stop, 1) < 0 && errno == EINTR) {
+      }
+      thread_.join();
+    }
+    for (int fd : {listen_fd_, wake_[0], wake_[1]}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+
+  int port() const { return port_; }
+
+ private:
+  ScrapeEndpoint(int listen_fd, std::function<std::string()> body)
+      : listen_fd_(listen_fd), body_(std::move(body)) {}
+
+  void Serve() {
+    for (;;) {
+      pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+      if (poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds[1].revents != 0) return;
+      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        // Out of descriptors: the pending connection stays queued; do not spin on it.
+        if (errno == EMFILE || errno == ENFILE) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        continue;
+      }
+      Answer(fd);
+      close(fd);
+    }
+  }
+
+  // Reads the request head and answers: 200 with the exposition for GET/HEAD /metrics, 404 for
+  // another path, 405 for another method, 400 for anything unparsable. A client that sends
+  // nothing for 2 s, or does not read the answer for 5 s, is dropped: the next scrape waits at
+  // most that long.
+  void Answer(int fd) {
+    const timeval read_timeout{2, 0};
+    const timeval write_timeout{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &read_timeout, sizeof(read_timeout));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &write_timeout, sizeof(write_timeout));
+    std::string head;
+    char buffer[4096];
+    while (head.find("\r\n\r\n") == std::string::npos &&
+           head.find("\n\n") == std::string::npos) {
+      if (head.size() > 16384) break;
+      const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;
+      head.append(buffer, static_cast<size_t>(n));
+    }
+    const std::string line = head.substr(0, head.find_first_of("\r\n"));
+    const size_t space = line.find(' ');
+    const size_t space2 = space == std::string::npos ? space : line.find(' ', space + 1);
+    std::string status = "400 Bad Request";
+    std::string body = "bad request\n";
+    std::string extra;
+    if (space2 != std::string::npos && absl::StartsWith(line.substr(space2 + 1), "HTTP/")) {
+      const std::string method = line.substr(0, space);
+      const std::string target = line.substr(space + 1, space2 - space - 1);
+      const std::string path = target.substr(0, target.find('?'));
+      if (method != "GET" && method != "HEAD") {
+        status = "405 Method Not Allowed";
+        body = "only GET and HEAD\n";
+        extra = "Allow: GET, HEAD\r\n";
+      } else if (path != "/metrics") {
+        status = "404 Not Found";
+        body = "the metrics are at /metrics\n";
+      } else {
+        status = "200 OK";
+        body = body_();
+        extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
+      }
+      if (method == "HEAD") {
+        extra += absl::StrCat("Content-Length: ", body.size(), "\r\n");
+        body.clear();
+        SendAll(fd,
+                absl::StrCat("HTTP/1.1 ", status, "\r\n", extra, "Connection: close\r\n\r\n"));
+        return;
+      }
+    }
+    if (extra.find("Content-Type") == std::string::npos) {
+      extra += "Content-Type: text/plain; charset=utf-8\r\n";
+    }
+    SendAll(fd, absl::StrCat("HTTP/1.1 ", status, "\r\n", extra, "Content-Length: ", body.size(),
+                             "\r\nConnection: close\r\n\r\n", body));
+  }
+
+  static void SendAll(int fd, const std::string& data) {
+    size_t sent = 0;
+    while (sent < data.size()) {
+      const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;  // the client went away or stalled past the timeout
+      sent += static_cast<size_t>(n);
+    }
+  }
+
+  int listen_fd_ = -1;
+  int wake_[2] = {-1, -1};  // a byte on wake_[1] stops Serve()
+  int port_ = 0;
+  std::function<std::string()> body_;
+  std::thread thread_;
+};
+
 }  // namespace
 
 absl::string_view RpcName(Rpc rpc) {
@@ -178,6 +369,8 @@ struct Metrics::State {
   // Process.
   prometheus::Gauge* up = nullptr;
   prometheus::Gauge* draining = nullptr;
+  prometheus::Gauge* resident_memory = nullptr;
+  prometheus::Gauge* open_fds = nullptr;
   prometheus::Family<prometheus::Gauge>* build_info_family = nullptr;
   prometheus::Family<prometheus::Gauge>* model_info_family = nullptr;
 
@@ -191,7 +384,7 @@ struct Metrics::State {
   EngineTotals last_totals ABSL_GUARDED_BY(totals_mu);
 
   // Declared last so that it stops serving before the metrics above go away.
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<ScrapeEndpoint> endpoint;
   int port = 0;
 
   State();
@@ -358,6 +551,16 @@ Metrics::State::State() {
                   .Help("1 from the start of a graceful drain, else 0.")
                   .Register(r)
                   .Add({});
+  resident_memory = &BuildGauge()
+                         .Name("anchorserve_process_resident_memory_bytes")
+                         .Help("Resident set size of the server process (/proc/self/statm).")
+                         .Register(r)
+                         .Add({});
+  open_fds = &BuildGauge()
+                  .Name("anchorserve_process_open_fds")
+                  .Help("Open file descriptors of the server process (/proc/self/fd).")
+                  .Register(r)
+                  .Add({});
   build_info_family = &BuildGauge()
                            .Name("anchorserve_build_info")
                            .Help("Always 1; labels: server version, compute device, KV dtype.")
@@ -381,21 +584,13 @@ Metrics::~Metrics() = default;
 absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& listen_address) {
   if (absl::Status valid = CheckListenAddress(listen_address); !valid.ok()) return valid;
   auto state = std::make_unique<State>();
-  try {
-    // civetweb throws when it cannot bind (address in use, no such interface).
-    state->exposer = std::make_unique<prometheus::Exposer>(listen_address, /*num_threads=*/2);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("metrics endpoint: cannot listen on ",
-                                               listen_address, " (", e.what(),
-                                               "): is the port in use?"));
-  }
-  const std::vector<int> ports = state->exposer->GetListeningPorts();
-  if (ports.empty()) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics endpoint: no port bound for ", listen_address));
-  }
-  state->port = ports.front();
-  state->exposer->RegisterCollectable(state->registry, "/metrics");
+  prometheus::Registry* registry = state->registry.get();
+  auto endpoint = ScrapeEndpoint::Start(listen_address, [registry] {
+    return prometheus::TextSerializer().Serialize(registry->Collect());
+  });
+  if (!endpoint.ok()) return endpoint.status();
+  state->endpoint = *std::move(endpoint);
+  state->port = state->endpoint->port();
   return std::unique_ptr<Metrics>(new Metrics(std::move(state)));
 }
 
@@ -516,6 +711,31 @@ void Metrics::SyncEngineTotals(const EngineTotals& totals) {
 void Metrics::SetServing(bool serving) { state_->up->Set(serving ? 1 : 0); }
 
 void Metrics::SetDraining(bool draining) { state_->draining->Set(draining ? 1 : 0); }
+
+void Metrics::SetProcess(const ProcessStats& stats) {
+  state_->resident_memory->Set(static_cast<double>(std::max<int64_t>(0, stats.resident_bytes)));
+  state_->open_fds->Set(static_cast<double>(std::max<int64_t>(0, stats.open_fds)));
+}
+
+absl::StatusOr<ProcessStats> ReadProcessStats() {
+  ProcessStats stats;
+  // statm: size resident shared text lib data dt, in pages.
+  std::FILE* statm = std::fopen("/proc/self/statm", "r");
+  if (statm == nullptr) return absl::UnavailableError("cannot open /proc/self/statm");
+  long long size_pages = 0, resident_pages = 0;
+  const int fields = std::fscanf(statm, "%lld %lld", &size_pages, &resident_pages);
+  std::fclose(statm);
+  if (fields != 2) return absl::UnavailableError("cannot parse /proc/self/statm");
+  stats.resident_bytes = static_cast<int64_t>(resident_pages) * sysconf(_SC_PAGESIZE);
+  DIR* fds = opendir("/proc/self/fd");
+  if (fds == nullptr) return absl::UnavailableError("cannot open /proc/self/fd");
+  while (const dirent* entry = readdir(fds)) {
+    if (entry->d_name[0] != '.') ++stats.open_fds;
+  }
+  closedir(fds);
+  --stats.open_fds;  // the descriptor opendir itself holds
+  return stats;
+}
 
 absl::Status Metrics::SetBuildInfo(const BuildInfo& info) {
   if (absl::Status s = CheckInfoValue("version", info.version); !s.ok()) return s;

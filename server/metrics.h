@@ -84,6 +84,16 @@ struct EngineTotals {
   int64_t steps = 0;
 };
 
+// What the process holds, from /proc/self (Linux): published so that a soak or a dashboard sees
+// memory or descriptor leaks without node-level tooling.
+struct ProcessStats {
+  int64_t resident_bytes = 0;  // RSS: resident pages of /proc/self/statm times the page size
+  int64_t open_fds = 0;        // entries of /proc/self/fd
+};
+// Reads /proc/self/statm and /proc/self/fd. Unavailable (naming the file) where /proc is not
+// mounted. Thread-safe; a few system calls, no allocation beyond the directory walk.
+absl::StatusOr<ProcessStats> ReadProcessStats();
+
 // `anchorserve_build_info` labels. Each value: 1 to 64 characters from [A-Za-z0-9._:+-].
 struct BuildInfo {
   std::string version;  // "0.1.0"
@@ -101,8 +111,9 @@ class Metrics {
   // The same registry with no HTTP endpoint (tests; metrics disabled; Serialize() still works).
   static std::unique_ptr<Metrics> CreateRegistryOnly();
 
-  // Stops the HTTP endpoint: waits for an in-flight scrape, and takes up to 2 s (civetweb's
-  // listener polls in 2 s quanta), so destroy it after the drain, off latency-critical paths.
+  // Stops the HTTP endpoint: waits for a scrape being answered (at most its socket timeouts,
+  // 2 s to read and 5 s to write; usually none), so destroy it after the drain, off
+  // latency-critical paths.
   ~Metrics();
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
@@ -110,8 +121,8 @@ class Metrics {
   // The bound TCP port of the endpoint; 0 in registry-only mode.
   int port() const;
 
-  // The registry in the Prometheus text exposition format (version 0.0.4): what a scrape of
-  // `/metrics` returns, less the `exposer_*` families prometheus-cpp's endpoint adds.
+  // The registry in the Prometheus text exposition format (version 0.0.4): exactly what a
+  // scrape of `/metrics` returns.
   std::string Serialize() const;
 
   // --- Requests (called at the RPC edge) ---
@@ -158,6 +169,9 @@ class Metrics {
   void SetServing(bool serving);
   // `anchorserve_draining`: 1 from the start of a graceful drain. Starts at 0.
   void SetDraining(bool draining);
+  // `anchorserve_process_resident_memory_bytes` and `anchorserve_process_open_fds` (0 until
+  // the first call; the server's stats poller calls it once a second).
+  void SetProcess(const ProcessStats& stats);
   // Replaces the one `anchorserve_build_info` series (initially version from the build,
   // device and dtype "unknown"). InvalidArgument naming the field for a value outside the
   // allowed characters; the old series then stays.

@@ -100,6 +100,7 @@ int RunServer(const RunOptions& options) {
     }
     metrics = *std::move(created);
     metrics->SetServing(false);
+    if (auto process = ReadProcessStats(); process.ok()) metrics->SetProcess(*process);
   }
   auto engine = scheduler::Engine::Create(options.engine);
   if (!engine.ok()) {
@@ -133,6 +134,7 @@ int RunServer(const RunOptions& options) {
         tiers.empty_sessions = stats.sessions.empty_sessions;
         metrics->SetSessions(tiers);
         metrics->SyncEngineTotals({stats.preemptions, stats.steps});
+        if (auto process = ReadProcessStats(); process.ok()) metrics->SetProcess(*process);
         lock.lock();
       }
     });

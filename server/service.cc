@@ -6,10 +6,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
-#include "model/sentence_splitter.h"
 #include "model/tokenizer.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/request_validation.h"
+#include "server/tsan_annotations.h"
 
 namespace anchorserve::server {
 
@@ -60,18 +61,6 @@ void Executor::Post(std::function<void()> fn) {
 // ------------------------------------------------------------------------- helpers
 
 namespace {
-
-model::AttentionMode ModeOf(v1::AttentionMode mode, v1::AttentionMode fallback) {
-  if (mode == v1::ATTENTION_MODE_UNSPECIFIED) mode = fallback;
-  return mode == v1::ATTENTION_MODE_FULL ? model::AttentionMode::kFull
-                                         : model::AttentionMode::kAnchor;
-}
-
-model::PositionPolicy PolicyOf(v1::PositionPolicy policy, v1::PositionPolicy fallback) {
-  if (policy == v1::POSITION_POLICY_UNSPECIFIED) policy = fallback;
-  return policy == v1::POSITION_POLICY_COMPACT ? model::PositionPolicy::kCompact
-                                               : model::PositionPolicy::kAbsolute;
-}
 
 v1::FinishReason ReasonOf(scheduler::FinishReason reason) {
   switch (reason) {
@@ -130,16 +119,13 @@ void FillUsage(const scheduler::Usage& usage, v1::Usage* out) {
                                : v1::POSITION_POLICY_ABSOLUTE);
 }
 
-absl::Status ValidSessionId(const std::string& id) {
-  if (id.empty()) return absl::InvalidArgumentError("session_id: must not be empty");
-  if (id.size() > 128) return absl::InvalidArgumentError("session_id: at most 128 characters");
-  for (char c : id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
-      return absl::InvalidArgumentError(
-          "session_id: only letters, digits, '-', '_' and '.' are allowed");
-    }
-  }
-  return absl::OkStatus();
+// limits.max_sessions_per_tenant: ResourceExhausted when `tenant` already holds `limit`
+// sessions. (Checked before the engine adds one, not atomically with it: concurrent creates of
+// one tenant can pass it together, by at most the number of executor threads.)
+absl::Status RoomForSession(scheduler::Engine& engine, const std::string& tenant, int32_t limit) {
+  if (static_cast<int64_t>(engine.ListSessions(tenant).size()) < limit) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("sessions: the tenant already holds the maximum of ", limit));
 }
 
 }  // namespace
@@ -190,7 +176,13 @@ class AnchorServeService::GenerateReactor
 
   GenerateReactor(AnchorServeService* service, grpc::CallbackServerContext* context,
                   const v1::GenerateRequest* request)
-      : service_(service), context_(context), request_(*request), start_(absl::Now()) {
+      : service_(service),
+        context_(context),
+        request_(*request),
+        start_(absl::Now()),
+        deadline_(context->deadline() == std::chrono::system_clock::time_point::max()
+                      ? absl::InfiniteFuture()
+                      : absl::FromChrono(context->deadline())) {
     ++service_->active_streams_;
     sink_ = std::make_shared<Sink>(this);
     auto tenant = service_->Authenticate(*context);
@@ -207,16 +199,23 @@ class AnchorServeService::GenerateReactor
   }
 
   void OnWriteDone(bool ok) override {
+    TsanTakeBack(this);
     if (!ok) CancelEngineRequest();  // the client went away: stop generating
     std::unique_lock<std::mutex> lock(mu_);
     writing_ = false;
     if (!ok) broken_ = true;
     WriteNextLocked(lock);
+    TsanHandOff(this);  // OnDone runs only after this reaction returns
   }
 
-  void OnCancel() override { CancelEngineRequest(); }
+  void OnCancel() override {
+    TsanTakeBack(this);
+    CancelEngineRequest();
+    TsanHandOff(this);  // OnDone runs only after this reaction returns
+  }
 
   void OnDone() override {
+    TsanTakeBack(this);
     sink_->Detach();
     CancelEngineRequest();  // no-op when finished
     --service_->active_streams_;
@@ -240,30 +239,11 @@ class AnchorServeService::GenerateReactor
       FinishWith(ToGrpc(tokens.status()));
       return;
     }
-    scheduler::GenerationRequest r;
+    const ServiceOptions& options = service_->options_;
+    scheduler::GenerationRequest r = ToGenerationRequest(
+        request_, *std::move(tokens), options.default_mode, options.default_policy,
+        static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())));
     r.tenant = tenant_;
-    r.session_id = request_.session_id();
-    r.prompt_token_ids = *std::move(tokens);
-    r.max_tokens = request_.max_tokens();
-    if (request_.has_temperature()) r.sampling.temperature = request_.temperature();
-    if (request_.has_top_k()) r.sampling.top_k = request_.top_k();
-    if (request_.has_top_p()) r.sampling.top_p = request_.top_p();
-    if (request_.has_min_p()) r.sampling.min_p = request_.min_p();
-    if (request_.has_repetition_penalty()) {
-      r.sampling.repetition_penalty = request_.repetition_penalty();
-    }
-    r.sampling.seed = request_.has_seed() ? request_.seed()
-                                          : static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
-    r.stop_strings.assign(request_.stop().begin(), request_.stop().end());
-    r.stop_token_ids.assign(request_.stop_token_ids().begin(), request_.stop_token_ids().end());
-    r.mode = ModeOf(request_.mode(), service_->options_.default_mode);
-    r.position_policy = PolicyOf(request_.position_policy(), service_->options_.default_policy);
-    for (const auto& span : request_.kept_full_spans()) {
-      r.kept_full_spans.push_back({span.begin(), span.end()});
-    }
-    r.include_anchor_tokens = request_.include_anchor_tokens();
-    r.ignore_eos = request_.ignore_eos();
-    r.priority = request_.priority();
     if (context_->deadline() != std::chrono::system_clock::time_point::max()) {
       r.deadline = absl::FromChrono(context_->deadline());
     }
@@ -303,6 +283,16 @@ class AnchorServeService::GenerateReactor
       }
       last_token_time_ = now;
     }
+    // A call whose deadline passed is cancelled by gRPC (OnCancel), or by the client's own
+    // deadline timer (a cancel that arrives a transit time before the server's copy of the
+    // deadline), often before the engine's deadline check sees it: the stream timed out, its
+    // client did not cancel it (cancellations_total{reason="deadline"}, DEADLINE_EXCEEDED).
+    constexpr absl::Duration kDeadlineTransit = absl::Milliseconds(50);
+    if (event.final && event.finish_reason == scheduler::FinishReason::kCancelled &&
+        !absl::IsUnavailable(event.status) && absl::Now() + kDeadlineTransit >= deadline_) {
+      event.finish_reason = scheduler::FinishReason::kTimedOut;
+      event.status = absl::DeadlineExceededError("the request's deadline passed");
+    }
     if (event.final) Observe(event);
     pending_.push_back(std::move(event));
     WriteNextLocked(lock);
@@ -337,6 +327,7 @@ class AnchorServeService::GenerateReactor
       lock.unlock();
       // The last message and the status go together; a cancelled client gets only the status.
       // Nothing touches `this` after these calls: OnDone may already have deleted it.
+      TsanHandOff(this);
       if (broken_ || context_->IsCancelled()) {
         Finish(status);
       } else {
@@ -346,6 +337,7 @@ class AnchorServeService::GenerateReactor
     }
     writing_ = true;
     lock.unlock();
+    TsanHandOff(this);
     StartWrite(&current_);
   }
 
@@ -389,6 +381,7 @@ class AnchorServeService::GenerateReactor
       done_ = true;
     }
     service_->Record(Rpc::kGenerate, status);
+    TsanHandOff(this);
     Finish(status);
   }
 
@@ -416,6 +409,7 @@ class AnchorServeService::GenerateReactor
   uint64_t engine_id_ = 0;
   std::string request_id_;
   const absl::Time start_;
+  const absl::Time deadline_;  // the client's, InfiniteFuture without one
 
   std::mutex mu_;  // guards the fields below
   std::deque<scheduler::StreamEvent> pending_;
@@ -458,53 +452,8 @@ absl::StatusOr<std::string> AnchorServeService::Authenticate(
 
 absl::StatusOr<std::vector<int32_t>> AnchorServeService::PromptTokens(
     const v1::GenerateRequest& request, bool add_bos) const {
-  // proto3 keeps unknown enum numbers: refuse them rather than guess.
-  if (!v1::AttentionMode_IsValid(request.mode())) {
-    return absl::InvalidArgumentError("mode: unknown value");
-  }
-  if (!v1::PositionPolicy_IsValid(request.position_policy())) {
-    return absl::InvalidArgumentError("position_policy: unknown value");
-  }
-  if (!v1::AnchorInsertion_IsValid(request.anchor_insertion())) {
-    return absl::InvalidArgumentError("anchor_insertion: unknown value");
-  }
-  const int inputs = (!request.prompt().empty()) + (request.prompt_token_ids_size() > 0) +
-                     (request.messages_size() > 0);
-  if (inputs != 1) {
-    return absl::InvalidArgumentError(
-        "prompt: give exactly one of prompt, prompt_token_ids and messages");
-  }
-  if (request.prompt_token_ids_size() > 0) {
-    return std::vector<int32_t>(request.prompt_token_ids().begin(),
-                                request.prompt_token_ids().end());
-  }
-  const model::Tokenizer* tokenizer = engine_->tokenizer();
-  if (tokenizer == nullptr) {
-    return absl::FailedPreconditionError(
-        "prompt: the model has no tokenizer.model; send prompt_token_ids");
-  }
-  const model::AnchorSpec& anchors = engine_->model_info().anchors;
-  v1::AnchorInsertion insertion = request.anchor_insertion();
-  if (insertion == v1::ANCHOR_INSERTION_UNSPECIFIED) insertion = options_.default_insertion;
-  const bool ac = anchors.kind == model::AnchorKind::kAc;
-  std::string text;
-  if (request.messages_size() > 0) {
-    for (const std::string& m : request.messages()) {
-      if (!text.empty()) text += "\n";
-      text += m;
-      if (ac && insertion != v1::ANCHOR_INSERTION_NONE && insertion != v1::ANCHOR_INSERTION_CLIENT) {
-        text += " " + anchors.anchor_token;
-      }
-    }
-  } else {
-    text = request.prompt();
-    if (ac && insertion == v1::ANCHOR_INSERTION_SENTENCES) {
-      text = model::InsertAnchorsAtSentenceEnds(text, anchors.anchor_token, false);
-    } else if (ac && insertion == v1::ANCHOR_INSERTION_MESSAGES) {
-      text += " " + anchors.anchor_token;  // the whole prompt is one message
-    }
-  }
-  return tokenizer->Encode(text, add_bos);
+  return server::PromptTokens(request, engine_->tokenizer(), engine_->model_info().anchors,
+                              options_.default_insertion, add_bos);
 }
 
 void AnchorServeService::Record(Rpc rpc, const grpc::Status& status) {
@@ -539,7 +488,9 @@ grpc::ServerUnaryReactor* AnchorServeService::Unary(
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* AnchorServeService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateReactor(this, context, request);
+  auto* reactor = new GenerateReactor(this, context, request);
+  TsanHandOff(reactor);
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AnchorServeService::CreateSession(
@@ -550,11 +501,10 @@ grpc::ServerUnaryReactor* AnchorServeService::CreateSession(
     if (id.empty()) {
       id = absl::StrFormat("s-%016x-%d", absl::ToUnixNanos(absl::Now()), ++session_counter_);
     }
-    if (absl::Status s = ValidSessionId(id); !s.ok()) return s;
-    if (static_cast<int32_t>(engine_->ListSessions(tenant).size()) >=
-        options_.max_sessions_per_tenant) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "sessions: the tenant already holds the maximum of ", options_.max_sessions_per_tenant));
+    if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
+    if (absl::Status s = RoomForSession(*engine_, tenant, options_.max_sessions_per_tenant);
+        !s.ok()) {
+      return s;
     }
     if (absl::Status s = engine_->CreateSession(tenant, id); !s.ok()) return s;
     auto info = engine_->GetSession(tenant, id);
@@ -580,10 +530,8 @@ grpc::ServerUnaryReactor* AnchorServeService::ListSessions(
     grpc::CallbackServerContext* context, const v1::ListSessionsRequest* request,
     v1::ListSessionsResponse* response) {
   return Unary(context, Rpc::kListSessions, [this, request, response](const std::string& tenant) {
-    if (request->page_size() < 0 || request->page_size() > 1000) {
-      return absl::InvalidArgumentError("page_size: must be in [0, 1000]");
-    }
-    const int32_t page = request->page_size() == 0 ? 100 : request->page_size();
+    absl::StatusOr<int32_t> page = ListSessionsPageSize(*request);
+    if (!page.ok()) return page.status();
     std::vector<cache::SessionInfo> all = engine_->ListSessions(tenant);
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
       return a.session_id < b.session_id;
@@ -596,7 +544,7 @@ grpc::ServerUnaryReactor* AnchorServeService::ListSessions(
                               return token < info.session_id;
                             });
     }
-    for (int32_t n = 0; it != all.end() && n < page; ++it, ++n) {
+    for (int32_t n = 0; it != all.end() && n < *page; ++it, ++n) {
       FillSession(*it, response->add_sessions());
     }
     if (it != all.end()) response->set_next_page_token((it - 1)->session_id);
@@ -629,8 +577,12 @@ grpc::ServerUnaryReactor* AnchorServeService::ImportSession(
     grpc::CallbackServerContext* context, const v1::ImportSessionRequest* request,
     v1::ImportSessionResponse* response) {
   return Unary(context, Rpc::kImportSession, [this, request, response](const std::string& tenant) {
-    if (absl::Status s = ValidSessionId(request->session_id()); !s.ok()) return s;
-    if (request->state().empty()) return absl::InvalidArgumentError("state: must not be empty");
+    if (absl::Status s = ValidateImportSessionRequest(*request); !s.ok()) return s;
+    // An import adds a session (an existing id is ALREADY_EXISTS): the same limit as Create.
+    if (absl::Status s = RoomForSession(*engine_, tenant, options_.max_sessions_per_tenant);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = engine_->ImportSession(tenant, request->session_id(), request->state());
         !s.ok()) {
       return s;
@@ -674,11 +626,9 @@ grpc::ServerUnaryReactor* AnchorServeService::Tokenize(grpc::CallbackServerConte
                                                        const v1::TokenizeRequest* request,
                                                        v1::TokenizeResponse* response) {
   return Unary(context, Rpc::kTokenize, [this, request, response](const std::string&) {
-    v1::GenerateRequest as_prompt;
-    as_prompt.set_prompt(request->text());
-    as_prompt.set_anchor_insertion(request->anchor_insertion());
-    if (request->text().empty()) return absl::InvalidArgumentError("text: must not be empty");
-    auto ids = PromptTokens(as_prompt, request->add_bos());
+    absl::StatusOr<v1::GenerateRequest> as_prompt = TokenizeRequestAsPrompt(*request);
+    if (!as_prompt.ok()) return as_prompt.status();
+    auto ids = PromptTokens(*as_prompt, request->add_bos());
     if (!ids.ok()) return ids.status();
     for (int32_t id : *ids) {
       response->add_token_ids(id);

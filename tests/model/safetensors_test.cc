@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/remove_tree.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -34,7 +35,7 @@ std::string TestDir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   const fs::path dir = fs::path(::testing::TempDir()) / "safetensors_test" /
                        absl::StrCat(info->test_suite_name(), ".", info->name());
-  fs::remove_all(dir);
+  anchorserve::RemoveTree(dir);
   fs::create_directories(dir);
   return dir.string();
 }
@@ -530,6 +531,40 @@ TEST(SafetensorsHostileTest, EveryValidationRule) {
     for (const std::string& needle : c.needles) {
       EXPECT_THAT(file.status().message(), HasSubstr(needle)) << c.label;
     }
+  }
+}
+
+// The in-memory parser (what the fuzzer drives) is what Open runs: same verdicts, same layout.
+TEST(SafetensorsHostileTest, ParseSafetensorsLayoutAgreesWithOpen) {
+  const std::string dir = TestDir();
+  int i = 0;
+  for (const HostileCase& c : HostileCases()) {
+    const std::string path = absl::StrCat(dir, "/case", i++, ".safetensors");
+    WriteRaw(path, c.bytes);
+    const absl::StatusOr<SafetensorsLayout> layout = ParseSafetensorsLayout(c.bytes, path);
+    EXPECT_EQ(layout.status(), SafetensorsFile::Open(path).status()) << c.label;
+  }
+  const std::vector<TensorData> tensors = {MakeTensor("b", DType::kBF16, {3, 2}),
+                                           MakeTensor("a", DType::kI64, {}),
+                                           MakeTensor("e", DType::kU8, {0})};
+  const std::string path = dir + "/ok.safetensors";
+  ASSERT_TRUE(WriteSafetensors(path, Pointers(tensors), {{"format", "pt"}}).ok());
+  const std::string bytes = ReadRaw(path);
+  absl::StatusOr<SafetensorsLayout> layout = ParseSafetensorsLayout(bytes, "in memory");
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(layout->metadata, (*file)->metadata());
+  ASSERT_EQ(layout->entries.size(), tensors.size());
+  for (const TensorData& t : tensors) {
+    const SafetensorsEntry& entry = layout->entries.at(t.name);
+    EXPECT_EQ(entry.dtype, t.dtype);
+    EXPECT_EQ(entry.shape, t.shape);
+    ASSERT_EQ(entry.nbytes, t.bytes.size());
+    ASSERT_LE(layout->data_start + entry.begin + entry.nbytes, bytes.size());
+    EXPECT_EQ(bytes.substr(layout->data_start + entry.begin, entry.nbytes),
+              std::string(t.bytes.begin(), t.bytes.end()))
+        << t.name;
   }
 }
 

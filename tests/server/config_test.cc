@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/remove_tree.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -62,7 +63,7 @@ class TempDir {
     std::string pattern = ::testing::TempDir() + "/config_test.XXXXXX";
     path_ = mkdtemp(pattern.data());
   }
-  ~TempDir() { std::filesystem::remove_all(path_); }
+  ~TempDir() { anchorserve::RemoveTree(path_); }
 
   std::string Write(const std::string& name, absl::string_view content) const {
     const std::string path = path_ + "/" + name;
@@ -365,6 +366,23 @@ TEST(ConfigYaml, SyntaxErrorsAndOddDocuments) {
               HasSubstr("f.yaml:1:1: expected a map of configuration keys"));
   EXPECT_THAT(YamlError("threads: 1\n---\nthreads: 2\n"), HasSubstr("2 YAML documents"));
   EXPECT_THAT(YamlError("[a]: 1\n"), HasSubstr("a key must be a plain name"));
+}
+
+// Regression (fuzz/config_fuzzer.cc): a stray ',' after a top-level flow collection made
+// yaml-cpp 0.7's LoadAll return empty documents forever, growing until the process ran out of
+// memory, for the config file and the tokens file alike.
+TEST(ConfigYaml, StrayCommaAfterAFlowCollectionIsASyntaxError) {
+  for (const char* text : {"{},", "[],", "{a: 1},", "\"a\",", "{},x", "{},\n", "[1, 2], 3\n"}) {
+    SCOPED_TRACE(text);
+    const std::string error = YamlError(text);
+    EXPECT_THAT(error, HasSubstr("f.yaml:1:"));
+    EXPECT_THAT(error, HasSubstr("YAML syntax error"));
+    absl::StatusOr<std::map<std::string, std::string>> tokens = ParseAuthTokens(text, "t.yaml");
+    EXPECT_EQ(tokens.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_THAT(YamlError("threads: 1\n---\n{},\n"), HasSubstr("f.yaml:3:3: YAML syntax error"));
+  // Several documents, empty ones included, are still counted, not mistaken for the loop.
+  EXPECT_THAT(YamlError("threads: 1\n---\n---\n"), HasSubstr("3 YAML documents"));
 }
 
 // --- environment --------------------------------------------------------------------------------

@@ -362,6 +362,30 @@ class AuthAndTenants(unittest.TestCase):
         log = "".join(self.server.log_lines)
         self.assertNotIn("token-alice-123", log)
 
+    def test_every_method_of_the_service_needs_a_token(self):
+        # From the service descriptor, so that an RPC added later is covered without editing
+        # this test. Requests are empty: authentication comes before any validation.
+        service = pb.DESCRIPTOR.services_by_name["AnchorServe"]
+        self.assertGreaterEqual(len(service.methods), 9)
+        for method in service.methods:
+            request_type = getattr(pb, method.input_type.name)
+            path = f"/{service.full_name}/{method.name}"
+            if method.server_streaming:
+                call = self.server.channel.unary_stream(
+                    path, request_serializer=request_type.SerializeToString,
+                    response_deserializer=lambda b: b)
+                invoke = lambda md, c=call, t=request_type: list(c(t(), metadata=md, timeout=10))
+            else:
+                call = self.server.channel.unary_unary(
+                    path, request_serializer=request_type.SerializeToString,
+                    response_deserializer=lambda b: b)
+                invoke = lambda md, c=call, t=request_type: c(t(), metadata=md, timeout=10)
+            for md in (None, [("authorization", "Bearer not-a-token")]):
+                with self.subTest(method=method.name, metadata=md):
+                    with self.assertRaises(grpc.RpcError) as err:
+                        invoke(md)
+                    self.assertEqual(err.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+
     def test_tenants_cannot_see_each_others_sessions(self):
         alice = [("authorization", "Bearer token-alice-123")]
         bob = [("authorization", "Bearer token-bob-456")]
@@ -398,6 +422,104 @@ class AuthAndTenants(unittest.TestCase):
         info = self.server.stub.GetSession(pb.GetSessionRequest(session_id=sid), metadata=alice,
                                            timeout=10).session
         self.assertEqual(info.turns, 1)
+
+
+class Limits(unittest.TestCase):
+    """The request limits of docs/SECURITY.md, each at a small configured value."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        tokens = os.path.join(cls.tmp.name, "tokens.yaml")
+        with open(tokens, "w") as f:
+            f.write("token-alice-123: alice\ntoken-bob-456: bob\n")
+        cls.server = Server("--auth.enabled=true", f"--auth.tokens_file={tokens}",
+                            "--limits.max_prompt_tokens=64", "--limits.max_new_tokens=32",
+                            "--limits.max_sessions_per_tenant=2",
+                            "--limits.max_message_bytes=1MiB")
+        cls.alice = [("authorization", "Bearer token-alice-123")]
+        cls.bob = [("authorization", "Bearer token-bob-456")]
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.server.stop() == 0
+        cls.tmp.cleanup()
+
+    def refused(self, code, field, **fields):
+        with self.assertRaises(grpc.RpcError) as err:
+            generate(self.server.stub, metadata=self.alice, **fields)
+        self.assertEqual(err.exception.code(), code, err.exception.details())
+        self.assertIn(field, err.exception.details())
+        return err.exception.details()
+
+    def test_prompt_length(self):
+        generate(self.server.stub, metadata=self.alice, prompt_token_ids=[5] * 64, max_tokens=1)
+        details = self.refused(grpc.StatusCode.OUT_OF_RANGE, "prompt",
+                               prompt_token_ids=[5] * 65, max_tokens=1)
+        self.assertIn("64", details)
+        self.refused(grpc.StatusCode.OUT_OF_RANGE, "prompt",
+                     prompt="The ship left the harbour at dawn. " * 20, max_tokens=1)
+
+    def test_max_tokens(self):
+        msgs = generate(self.server.stub, metadata=self.alice, prompt="Go.", max_tokens=32,
+                        ignore_eos=True)
+        self.assertEqual(msgs[-1].usage.completion_tokens, 32)
+        self.refused(grpc.StatusCode.OUT_OF_RANGE, "max_tokens", prompt="Go.", max_tokens=33)
+
+    def test_sessions_per_tenant_also_through_import(self):
+        stub = self.server.stub
+        made = [stub.CreateSession(pb.CreateSessionRequest(session_id=f"a{i}"),
+                                   metadata=self.alice, timeout=10).session.session_id
+                for i in range(2)]
+        generate(stub, metadata=self.alice, session_id=made[0], prompt="One turn.", max_tokens=2)
+        state = stub.ExportSession(pb.ExportSessionRequest(session_id=made[0]),
+                                   metadata=self.alice, timeout=10).state
+        for call in (lambda: stub.CreateSession(pb.CreateSessionRequest(session_id="a2"),
+                                                metadata=self.alice, timeout=10),
+                     lambda: stub.ImportSession(pb.ImportSessionRequest(session_id="a3",
+                                                                        state=state),
+                                                metadata=self.alice, timeout=10)):
+            with self.assertRaises(grpc.RpcError) as err:
+                call()
+            self.assertEqual(err.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertIn("maximum of 2", err.exception.details())
+        # The limit is per tenant, and a deleted session makes room again.
+        stub.CreateSession(pb.CreateSessionRequest(session_id="b0"), metadata=self.bob,
+                           timeout=10)
+        stub.DeleteSession(pb.DeleteSessionRequest(session_id=made[1]), metadata=self.alice,
+                           timeout=10)
+        stub.ImportSession(pb.ImportSessionRequest(session_id="a3", state=state),
+                           metadata=self.alice, timeout=10)
+        for sid in (made[0], "a3"):
+            stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid), metadata=self.alice,
+                               timeout=10)
+        stub.DeleteSession(pb.DeleteSessionRequest(session_id="b0"), metadata=self.bob,
+                           timeout=10)
+
+    def test_message_size(self):
+        with self.assertRaises(grpc.RpcError) as err:
+            generate(self.server.stub, metadata=self.alice, prompt="x" * (2 << 20), max_tokens=1)
+        self.assertEqual(err.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # The connection and the server are fine afterwards.
+        self.assertEqual(generate(self.server.stub, metadata=self.alice, prompt="Ok.",
+                                  max_tokens=1)[-1].usage.completion_tokens, 1)
+
+    def test_work_one_request_can_ask_of_the_engine(self):
+        cases = [
+            (dict(prompt_token_ids=[5] * 8,
+                  kept_full_spans=[pb.KeptFullSpan(begin=0, end=7)] * 257), "kept_full_spans"),
+            (dict(prompt="x", stop=[f"s{i}" for i in range(17)]), "stop"),
+            (dict(prompt="x", stop=["s" * 257]), "stop"),
+            (dict(prompt="x", stop_token_ids=[5] * 257), "stop_token_ids"),
+        ]
+        for fields, field in cases:
+            with self.subTest(field=field):
+                self.refused(grpc.StatusCode.INVALID_ARGUMENT, field, max_tokens=1, **fields)
+        # At the bounds: accepted.
+        generate(self.server.stub, metadata=self.alice, prompt_token_ids=[5] * 8, max_tokens=1,
+                 kept_full_spans=[pb.KeptFullSpan(begin=0, end=7)] * 256)
+        generate(self.server.stub, metadata=self.alice, prompt="x", max_tokens=1,
+                 stop=["s" * 256] * 16, stop_token_ids=[5] * 256)
 
 
 class QueueAndRestart(unittest.TestCase):
@@ -438,6 +560,11 @@ class QueueAndRestart(unittest.TestCase):
             first = generate(server.stub, session_id=sid, prompt="The ship left. The sea was calm.",
                              max_tokens=4)[-1].usage
             self.assertEqual(server.stop(), 0)
+            # Session files are users' data: readable by the server's user only.
+            files = [os.path.join(root, name) for root, _, names in os.walk(disk) for name in names]
+            self.assertTrue(files)
+            for path in files:
+                self.assertEqual(os.stat(path).st_mode & 0o077, 0, path)
             restarted = Server(f"--sessions.disk_dir={disk}")
             try:
                 info = restarted.stub.GetSession(pb.GetSessionRequest(session_id=sid),
