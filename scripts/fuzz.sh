@@ -57,8 +57,11 @@ for name in "${TARGETS[@]}"; do
              -newer "$log" | wc -l)"
   if [ "$status" -ne 0 ] || [ "$found" -ne 0 ]; then
     failed=1
-    [ "$found" -ne 0 ] || found="1 (exit $status)"
-    echo "fuzz: $target FAILED; its log:" >&2
+    if [ "$found" -eq 0 ]; then
+      # 72: libFuzzer stopped from outside (SIGINT/SIGTERM): an incomplete run, not a crash.
+      [ "$status" -eq 72 ] && found="interrupted" || found="exit $status"
+    fi
+    echo "fuzz: $target FAILED ($found); its log:" >&2
     grep -v -e '^#' -e 'NEW_FUNC' "$log" | tail -60 >&2
   fi
   rows+=("$(printf '%-26s | %7s | %12s | %7s | %6s' "$target" "$SECONDS_PER_TARGET" \
@@ -74,6 +77,6 @@ for row in "${rows[@]}"; do
 done
 echo "total executions: $total"
 if [ "$failed" -ne 0 ]; then
-  echo "fuzz: crashes found; inputs are under $ARTIFACTS (reproduce: $BUILD_DIR/bin/<target> <input>)" >&2
+  echo "fuzz: FAILED; crash inputs are under $ARTIFACTS (reproduce: $BUILD_DIR/bin/<target> <input>)" >&2
   exit 1
 fi

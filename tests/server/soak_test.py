@@ -270,6 +270,7 @@ class Client:
                         call.cancel()
                     else:
                         channel.close()  # no cancel: the connection just goes away
+                        channel = None
                         self.tally.call(fate, "CLOSED")
                         return None
             code = grpc.StatusCode.OK
@@ -277,7 +278,7 @@ class Client:
             code = e.code()
             details = e.details()
         finally:
-            if channel is not None and fate != "close":
+            if channel is not None:  # a close-fate call that ended before its close
                 channel.close()
         self.tally.call(fate, code_name(code))
         if fate == "deadline" and code == grpc.StatusCode.DEADLINE_EXCEEDED and not msgs:
