@@ -59,13 +59,6 @@ absl::Status ToStatus(const std::exception& e, absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", first_line));
 }
 
-at::Tensor InvFreq(const ModelConfig& config, const at::Device& device) {
-  // As HF: base ** (arange(0, d, 2) / d) in fp32.
-  at::Tensor exponents =
-      at::arange(0, config.head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
-      static_cast<double>(config.head_dim);
-  return (1.0 / at::pow(config.rope_theta, exponents)).to(device);
-}
 
 }  // namespace
 
@@ -85,6 +78,14 @@ at::Tensor RotateHalf(const at::Tensor& x) {
 
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   return x * cos.unsqueeze(-2) + RotateHalf(x) * sin.unsqueeze(-2);
+}
+
+at::Tensor InvFreq(const ModelConfig& config, const at::Device& device) {
+  // As HF: base ** (arange(0, d, 2) / d) in fp32.
+  at::Tensor exponents =
+      at::arange(0, config.head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
+      static_cast<double>(config.head_dim);
+  return (1.0 / at::pow(config.rope_theta, exponents)).to(device);
 }
 
 at::Tensor RopeAngles(const at::Tensor& positions, const at::Tensor& inv_freq) {

@@ -52,6 +52,8 @@ struct LlamaImpl {
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // HF rotary embedding over the last dim: x [..., T, heads, d], cos/sin [..., T, d].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// HF rotary inverse frequencies: base ** -(arange(0, d, 2) / d) in fp32, on `device`.
+at::Tensor InvFreq(const ModelConfig& config, const at::Device& device);
 // cat(freqs, freqs) with freqs = positions * inv_freq in fp32: [..., d] for positions [...].
 at::Tensor RopeAngles(const at::Tensor& positions, const at::Tensor& inv_freq);
 

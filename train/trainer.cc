@@ -230,12 +230,6 @@ at::Tensor ForwardHidden(const Params& p, const at::Tensor& ids, const BatchMask
   return model::RmsNorm(x, cast(p.final_norm), c.rms_norm_eps);
 }
 
-at::Tensor InvFreq(const ModelConfig& c, at::Device device) {
-  at::Tensor exponents = at::arange(0, c.head_dim, 2, at::TensorOptions().dtype(at::kLong))
-                             .to(at::kFloat) /
-                         static_cast<double>(c.head_dim);
-  return (1.0 / at::pow(c.rope_theta, exponents)).to(device);
-}
 
 // A micro-batch: ids on the device and next-token labels (-100 where nothing is scored).
 struct Batch {
@@ -594,7 +588,7 @@ absl::StatusOr<TrainResult> Train(const TrainOptions& o) {
     }
   }
   for (auto& [name, t] : params.Named()) t->set_requires_grad(true);
-  const at::Tensor inv_freq = InvFreq(config, device);
+  const at::Tensor inv_freq = model::InvFreq(config, device);
 
   const std::vector<Window> windows = CutWindows(data, o.seq_len);
   if (windows.empty()) return absl::InvalidArgumentError(absl::StrCat(o.data_dir, " has no training windows"));
@@ -772,7 +766,7 @@ absl::StatusOr<std::vector<float>> TrainingLogits(const std::string& dir,
     if (attention == AttentionImpl::kFused && !kHasFusedAttention) attention = AttentionImpl::kEager;
     Batch b = MakeBatch(batch, pad_id, at::kCPU);
     BatchMask mask = BuildMask(b.ids, spec.token_ids, pad_id);
-    at::Tensor hidden = ForwardHidden(p, b.ids, mask, at::kFloat, attention, InvFreq(p.config, at::kCPU));
+    at::Tensor hidden = ForwardHidden(p, b.ids, mask, at::kFloat, attention, model::InvFreq(p.config, at::kCPU));
     at::Tensor logits = at::linear(hidden, p.head()).contiguous();
     return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
   } catch (const std::exception& e) {
@@ -796,7 +790,7 @@ absl::StatusOr<std::vector<StepTiming>> TimeTrainingSteps(const ModelConfig& con
     AdamW opt;
     opt.Init(p);
     TrainOptions o;
-    const at::Tensor inv_freq = InvFreq(config, device);
+    const at::Tensor inv_freq = model::InvFreq(config, device);
     // Sentences of `sentence_len` tokens, each closed by an anchor (or none for "none").
     std::vector<std::vector<int32_t>> rows(static_cast<size_t>(batch_size));
     common::SplitMix rng(7);
