@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "model/anchor_sequence.h"
 #include "model/llama.h"
 
@@ -21,44 +22,6 @@ using model::AnchorSequence;
 using model::AttentionMode;
 using model::ModelConfig;
 
-ModelConfig Shape(const std::string& name) {
-  ModelConfig c;
-  if (name == "7b") {  // Llama-2-7B
-    c.vocab_size = 32002;
-    c.hidden_size = 4096;
-    c.intermediate_size = 11008;
-    c.num_hidden_layers = 32;
-    c.num_attention_heads = 32;
-    c.num_key_value_heads = 32;
-    c.head_dim = 128;
-    c.max_position_embeddings = 4096;
-  } else {  // the embedded default model's shape
-    c.vocab_size = 1024;
-    c.hidden_size = 128;
-    c.intermediate_size = 344;
-    c.num_hidden_layers = 4;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 32;
-    c.max_position_embeddings = 4096;
-  }
-  c.rms_norm_eps = 1e-5;
-  return c;
-}
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Token stream with an anchor (id 13) closing every 25-token sentence.
-std::vector<int32_t> Stream(int64_t n, int64_t vocab) {
-  std::vector<int32_t> ids(n);
-  for (int64_t i = 0; i < n; ++i)
-    ids[i] = (i % 25 == 24) ? 13 : static_cast<int32_t>(100 + (i * 7919) % (vocab - 100));
-  ids[0] = 1;
-  return ids;
-}
-
 struct Result {
   double prefill_tps = 0, decode_tps = 0, step_ms = 0;
   int64_t kv_tokens = 0;
@@ -67,7 +30,7 @@ struct Result {
 Result Run(const model::LlamaModel& llama, AttentionMode mode, int64_t prompt, int64_t decode) {
   model::SequenceOptions options;
   options.mode = mode;
-  options.anchors = model::CustomAnchors({13}, -1);
+  options.anchors = model::CustomAnchors({kBenchAnchor}, -1);
   const std::vector<int32_t> ids = Stream(prompt + decode, llama.config().vocab_size);
   const std::vector<int32_t> head(ids.begin(), ids.begin() + prompt);
   Result r;

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
 
@@ -75,8 +76,12 @@ absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(const BlockPoolOpti
   try {
     const at::ScalarType type =
         options.precision == model::Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
-    const at::Device device =
-        options.device == model::Device::kCuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+    // cuda: the calling thread's current device, which model::LlamaModel::Load set to the
+    // weights' LoadOptions::device_index (a worker per GPU; scheduler/worker_pool.h). The
+    // free-memory query above reads the same device.
+    const at::Device device = options.device == model::Device::kCuda
+                                  ? c10::impl::getDeviceGuardImpl(at::kCUDA)->getDevice()
+                                  : at::Device(at::kCPU);
     storage->kv = at::empty({blocks, g.num_layers, 2, g.num_kv_heads, options.block_tokens,
                              g.head_dim},
                             at::TensorOptions().dtype(type).device(device));

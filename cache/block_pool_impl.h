@@ -4,13 +4,19 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
+
 #include "cache/block_pool.h"
 
 namespace anchorserve::cache {
 
+struct DecodeGraphs;  // cache/batch_decode.cc: captured decode steps (CUDA)
+
 struct BlockStorage {
   // [blocks, layers, 2 (K, V), kv_heads, block_tokens, head_dim]
   at::Tensor kv;
+  // Declared after `kv`: graphs that point into it go first.
+  std::shared_ptr<DecodeGraphs> decode_graphs;
 };
 
 }  // namespace anchorserve::cache

@@ -138,9 +138,9 @@ void AppendSlots(const std::vector<int32_t>& blocks, int64_t count, int64_t bloc
 
 }  // namespace
 
-absl::StatusOr<std::vector<float>> PagedSequence::Feed(absl::Span<const int32_t> ids,
-                                                       bool all_logits,
-                                                       absl::Span<const uint8_t> kept_full) {
+absl::Status PagedSequence::CheckChunk(absl::Span<const int32_t> ids,
+                                       absl::Span<const uint8_t> kept_full,
+                                       int64_t kept_entries) const {
   const model::ModelConfig& config = model_->config();
   const int64_t s = static_cast<int64_t>(ids.size());
   if (s == 0) return absl::InvalidArgumentError("token_ids must not be empty");
@@ -154,16 +154,139 @@ absl::StatusOr<std::vector<float>> PagedSequence::Feed(absl::Span<const int32_t>
                                                      config.vocab_size, ")"));
     }
   }
-  const std::vector<SnapshotEntry> cached = entries();
-  const int64_t p = static_cast<int64_t>(cached.size());
   const int64_t first_position =
-      options_.policy == model::PositionPolicy::kAbsolute ? next_position_ : p;
+      options_.policy == model::PositionPolicy::kAbsolute ? next_position_ : kept_entries;
   if (first_position + s > config.max_position_embeddings) {
     return absl::OutOfRangeError(absl::StrCat(
         "position ", first_position + s - 1, " would reach max_position_embeddings (",
         config.max_position_embeddings, ") of the model under the ",
         model::PositionPolicyName(options_.policy), " position policy"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PagedSequence::Placement> PagedSequence::Place(
+    absl::Span<const int32_t> ids, absl::Span<const uint8_t> kept_full) {
+  const int64_t s = static_cast<int64_t>(ids.size());
+  const bool anchor_mode = options_.mode == model::AttentionMode::kAnchor;
+  auto in_span = [&](int64_t i) { return !anchor_mode || (!kept_full.empty() && kept_full[i]); };
+  auto is_anchor = [&](int64_t i) { return anchor_mode && options_.anchors.IsAnchor(ids[i]); };
+  const int64_t p = static_cast<int64_t>(anchors_.entries.size() + kept_full_.entries.size() +
+                                         sentence_.entries.size());
+  Placement pl;
+  const int64_t first_position =
+      options_.policy == model::PositionPolicy::kAbsolute ? next_position_ : p;
+  pl.positions.resize(static_cast<size_t>(s));
+  for (int64_t i = 0; i < s; ++i) pl.positions[i] = first_position + i;
+  int64_t last_anchor = -1;
+  for (int64_t i = 0; i < s; ++i) {
+    if (is_anchor(i)) {
+      last_anchor = i;
+      ++pl.chunk_anchors;
+    }
+  }
+  pl.clear_sentence = last_anchor >= 0;
+  for (int64_t i = 0; i < s; ++i) {
+    if (in_span(i)) {
+      pl.to_kept.push_back(i);
+    } else if (is_anchor(i)) {
+      pl.to_anchor.push_back(i);
+    } else if (i > last_anchor) {
+      pl.to_sentence.push_back(i);
+    }
+  }
+  const int64_t bt = pool_->block_tokens();
+  const int64_t anchors_after = static_cast<int64_t>(anchors_.entries.size() + pl.to_anchor.size());
+  const int64_t kept_after = static_cast<int64_t>(kept_full_.entries.size() + pl.to_kept.size());
+  pl.sentence_base = pl.clear_sentence ? 0 : static_cast<int64_t>(sentence_.entries.size());
+  const int64_t sentence_after = pl.sentence_base + static_cast<int64_t>(pl.to_sentence.size());
+  const int64_t need_anchor =
+      BlocksFor(anchors_after, bt) - static_cast<int64_t>(anchors_.blocks.size());
+  const int64_t need_kept =
+      BlocksFor(kept_after, bt) - static_cast<int64_t>(kept_full_.blocks.size());
+  const int64_t need_sentence =
+      BlocksFor(sentence_after, bt) -
+      (pl.clear_sentence ? 0 : static_cast<int64_t>(sentence_.blocks.size()));
+  ASSIGN_OR_RETURN(pl.fresh, AllocateAll(pool_, need_anchor + need_kept + need_sentence));
+  pl.anchor_blocks = anchors_.blocks;
+  pl.kept_blocks = kept_full_.blocks;
+  if (!pl.clear_sentence) pl.sentence_blocks = sentence_.blocks;
+  size_t next_fresh = 0;
+  for (int64_t k = 0; k < need_anchor; ++k) pl.anchor_blocks.push_back(pl.fresh[next_fresh++]);
+  for (int64_t k = 0; k < need_kept; ++k) pl.kept_blocks.push_back(pl.fresh[next_fresh++]);
+  for (int64_t k = 0; k < need_sentence; ++k) pl.sentence_blocks.push_back(pl.fresh[next_fresh++]);
+  auto place = [&](const std::vector<int64_t>& tokens, int64_t base,
+                   const std::vector<int32_t>& blocks) {
+    for (size_t k = 0; k < tokens.size(); ++k) {
+      const int64_t slot = base + static_cast<int64_t>(k);
+      pl.src.push_back(tokens[k]);
+      pl.dst_block.push_back(blocks[slot / bt]);
+      pl.dst_offset.push_back(slot % bt);
+    }
+  };
+  place(pl.to_anchor, static_cast<int64_t>(anchors_.entries.size()), pl.anchor_blocks);
+  place(pl.to_kept, static_cast<int64_t>(kept_full_.entries.size()), pl.kept_blocks);
+  place(pl.to_sentence, pl.sentence_base, pl.sentence_blocks);
+  return pl;
+}
+
+void PagedSequence::Abort(const Placement& placement) {
+  for (int32_t b : placement.fresh) pool_->Free(b);
+}
+
+void PagedSequence::Apply(absl::Span<const int32_t> ids, Placement pl) {
+  const int64_t p = static_cast<int64_t>(anchors_.entries.size() + kept_full_.entries.size() +
+                                         sentence_.entries.size());
+  const int64_t s = static_cast<int64_t>(ids.size());
+  auto entry = [&](int64_t i, EntryKind kind) {
+    return SnapshotEntry{ids[i], pl.positions[i], kind};
+  };
+  for (int64_t i : pl.to_anchor) anchors_.entries.push_back(entry(i, EntryKind::kAnchor));
+  for (int64_t i : pl.to_kept) kept_full_.entries.push_back(entry(i, EntryKind::kKeptFull));
+  if (pl.clear_sentence) {
+    for (int32_t b : sentence_.blocks) pool_->Free(b);  // REDUCTION: the sentence, wholesale
+    sentence_.entries.clear();
+  }
+  for (int64_t i : pl.to_sentence) sentence_.entries.push_back(entry(i, EntryKind::kSentence));
+  anchors_.blocks = std::move(pl.anchor_blocks);
+  kept_full_.blocks = std::move(pl.kept_blocks);
+  sentence_.blocks = std::move(pl.sentence_blocks);
+  next_position_ += s;
+  anchors_seen_ += pl.chunk_anchors;
+  peak_kept_ = std::max(peak_kept_, p + s);
+}
+
+void PagedSequence::AppendSegments(std::vector<int32_t>* block, std::vector<int32_t>* info) const {
+  const int64_t bt = pool_->block_tokens();
+  for (const Region* r : {&anchors_, &kept_full_, &sentence_}) {
+    const int64_t n = static_cast<int64_t>(r->entries.size());
+    const int32_t flag = r == &anchors_ ? (1 << 16) : 0;  // cuda::kSegmentAnchorFlag
+    for (int64_t k = 0; k * bt < n; ++k) {
+      block->push_back(r->blocks[k]);
+      info->push_back(static_cast<int32_t>(std::min(bt, n - k * bt)) | flag);
+    }
+  }
+}
+
+absl::StatusOr<std::vector<float>> PagedSequence::Feed(absl::Span<const int32_t> ids,
+                                                       bool all_logits,
+                                                       absl::Span<const uint8_t> kept_full) {
+  return Forward(ids, all_logits ? Logits::kAll : Logits::kLast, kept_full);
+}
+
+absl::Status PagedSequence::Prefill(absl::Span<const int32_t> ids,
+                                    absl::Span<const uint8_t> kept_full) {
+  return Forward(ids, Logits::kNone, kept_full).status();
+}
+
+absl::StatusOr<std::vector<float>> PagedSequence::Forward(absl::Span<const int32_t> ids,
+                                                          Logits want,
+                                                          absl::Span<const uint8_t> kept_full) {
+  const model::ModelConfig& config = model_->config();
+  const int64_t s = static_cast<int64_t>(ids.size());
+  const std::vector<SnapshotEntry> cached = entries();
+  const int64_t p = static_cast<int64_t>(cached.size());
+  RETURN_IF_ERROR(CheckChunk(ids, kept_full, p));
   const bool anchor_mode = options_.mode == model::AttentionMode::kAnchor;
   const model::AnchorSpec& spec = options_.anchors;
   auto in_span = [&](int64_t i) { return !anchor_mode || (!kept_full.empty() && kept_full[i]); };
@@ -196,53 +319,20 @@ absl::StatusOr<std::vector<float>> PagedSequence::Feed(absl::Span<const int32_t>
     if (row_anchor) anchor_before = true;
   }
 
-  // Where each chunk token goes after this step's REDUCTION.
-  const int64_t bt = pool_->block_tokens();
-  int64_t last_anchor = -1, chunk_anchors = 0;
-  for (int64_t i = 0; i < s; ++i) {
-    if (is_anchor(i)) {
-      last_anchor = i;
-      ++chunk_anchors;
-    }
-  }
-  const bool clear_sentence = last_anchor >= 0;
-  std::vector<int64_t> to_anchor, to_kept, to_sentence;
-  for (int64_t i = 0; i < s; ++i) {
-    if (in_span(i)) {
-      to_kept.push_back(i);
-    } else if (is_anchor(i)) {
-      to_anchor.push_back(i);
-    } else if (i > last_anchor) {
-      to_sentence.push_back(i);
-    }
-  }
-  const int64_t anchors_after = static_cast<int64_t>(anchors_.entries.size() + to_anchor.size());
-  const int64_t kept_after = static_cast<int64_t>(kept_full_.entries.size() + to_kept.size());
-  const int64_t sentence_base = clear_sentence ? 0 : static_cast<int64_t>(sentence_.entries.size());
-  const int64_t sentence_after = sentence_base + static_cast<int64_t>(to_sentence.size());
-  const int64_t need_anchor =
-      BlocksFor(anchors_after, bt) - static_cast<int64_t>(anchors_.blocks.size());
-  const int64_t need_kept =
-      BlocksFor(kept_after, bt) - static_cast<int64_t>(kept_full_.blocks.size());
-  const int64_t need_sentence =
-      BlocksFor(sentence_after, bt) -
-      (clear_sentence ? 0 : static_cast<int64_t>(sentence_.blocks.size()));
-
+  // Allocate first (all or nothing), then compute, then write, then drop the closed sentence.
+  ASSIGN_OR_RETURN(Placement pl, Place(ids, kept_full));
   c10::InferenceMode guard;
   const model::LlamaImpl& impl = model_->impl();
   const at::Device device = impl.options.device();
   at::Tensor& storage = pool_->storage().kv;
   std::vector<float> out;
-  std::vector<model::LayerKV> present;
-  std::vector<int64_t> positions(static_cast<size_t>(s));
-  for (int64_t i = 0; i < s; ++i) positions[i] = first_position + i;
   try {
     // Gather the kept entries into contiguous per-layer K/V (the CPU reading of the layout).
     std::vector<model::LayerKV> past;
     if (p > 0) {
       std::vector<int64_t> b, o;
       for (const Region* r : {&anchors_, &kept_full_, &sentence_}) {
-        AppendSlots(r->blocks, static_cast<int64_t>(r->entries.size()), bt, &b, &o);
+        AppendSlots(r->blocks, static_cast<int64_t>(r->entries.size()), pool_->block_tokens(), &b, &o);
       }
       at::Tensor gathered = storage.index({at::tensor(b).to(device), Slice(), Slice(), Slice(),
                                            at::tensor(o).to(device)});  // [P, L, 2, kv, d]
@@ -252,42 +342,18 @@ absl::StatusOr<std::vector<float>> PagedSequence::Feed(absl::Span<const int32_t>
       }
     }
     at::Tensor id_t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end())).to(device);
-    at::Tensor pos_t = at::tensor(positions).to(device);
+    at::Tensor pos_t = at::tensor(pl.positions).to(device);
     at::Tensor mask = at::from_blob(allowed.data(), {s, p + s}, at::TensorOptions().dtype(at::kByte))
                           .to(device, at::kBool, false, true);
+    std::vector<model::LayerKV> present;
     at::Tensor hidden = impl.ForwardHidden(id_t, pos_t, past, mask, &present);
-    at::Tensor logits = all_logits ? impl.Logits(hidden) : impl.Logits(hidden.narrow(0, s - 1, 1));
-    logits = logits.cpu().contiguous();
-    out.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
-  } catch (const std::exception& e) {
-    return TorchError(e, "forward");
-  }
-
-  // Commit: allocate first (all or nothing), then write, then drop the closed sentence.
-  ASSIGN_OR_RETURN(std::vector<int32_t> fresh, AllocateAll(pool_, need_anchor + need_kept +
-                                                                      need_sentence));
-  std::vector<int32_t> anchor_blocks = anchors_.blocks, kept_blocks = kept_full_.blocks;
-  std::vector<int32_t> sentence_blocks = clear_sentence ? std::vector<int32_t>{} : sentence_.blocks;
-  size_t next_fresh = 0;
-  for (int64_t k = 0; k < need_anchor; ++k) anchor_blocks.push_back(fresh[next_fresh++]);
-  for (int64_t k = 0; k < need_kept; ++k) kept_blocks.push_back(fresh[next_fresh++]);
-  for (int64_t k = 0; k < need_sentence; ++k) sentence_blocks.push_back(fresh[next_fresh++]);
-
-  std::vector<int64_t> src, dst_block, dst_offset;
-  auto place = [&](const std::vector<int64_t>& tokens, int64_t base,
-                   const std::vector<int32_t>& blocks) {
-    for (size_t k = 0; k < tokens.size(); ++k) {
-      const int64_t slot = base + static_cast<int64_t>(k);
-      src.push_back(tokens[k]);
-      dst_block.push_back(blocks[slot / bt]);
-      dst_offset.push_back(slot % bt);
+    if (want != Logits::kNone) {
+      at::Tensor logits = want == Logits::kAll ? impl.Logits(hidden)
+                                               : impl.Logits(hidden.narrow(0, s - 1, 1));
+      logits = logits.cpu().contiguous();
+      out.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
     }
-  };
-  place(to_anchor, static_cast<int64_t>(anchors_.entries.size()), anchor_blocks);
-  place(to_kept, static_cast<int64_t>(kept_full_.entries.size()), kept_blocks);
-  place(to_sentence, sentence_base, sentence_blocks);
-  try {
-    if (!src.empty()) {
+    if (!pl.src.empty()) {
       std::vector<at::Tensor> k_layers, v_layers;
       for (const model::LayerKV& kv : present) {
         k_layers.push_back(kv.k);
@@ -296,31 +362,16 @@ absl::StatusOr<std::vector<float>> PagedSequence::Feed(absl::Span<const int32_t>
       // [L, 2, kv, S, d] -> the written tokens as [n, L, 2, kv, d].
       at::Tensor combined = at::stack({at::stack(k_layers), at::stack(v_layers)}, 1);
       at::Tensor values =
-          combined.index_select(3, at::tensor(src).to(device)).permute({3, 0, 1, 2, 4});
-      storage.index_put_({at::tensor(dst_block).to(device), Slice(), Slice(), Slice(),
-                          at::tensor(dst_offset).to(device)},
+          combined.index_select(3, at::tensor(pl.src).to(device)).permute({3, 0, 1, 2, 4});
+      storage.index_put_({at::tensor(pl.dst_block).to(device), Slice(), Slice(), Slice(),
+                          at::tensor(pl.dst_offset).to(device)},
                          values);
     }
   } catch (const std::exception& e) {
-    for (int32_t b : fresh) pool_->Free(b);
-    return TorchError(e, "writing KV blocks");
+    Abort(pl);
+    return TorchError(e, "forward");
   }
-  auto entry = [&](int64_t i, EntryKind kind) {
-    return SnapshotEntry{ids[i], positions[i], kind};
-  };
-  for (int64_t i : to_anchor) anchors_.entries.push_back(entry(i, EntryKind::kAnchor));
-  for (int64_t i : to_kept) kept_full_.entries.push_back(entry(i, EntryKind::kKeptFull));
-  if (clear_sentence) {
-    for (int32_t b : sentence_.blocks) pool_->Free(b);  // REDUCTION: the sentence, wholesale
-    sentence_.entries.clear();
-  }
-  for (int64_t i : to_sentence) sentence_.entries.push_back(entry(i, EntryKind::kSentence));
-  anchors_.blocks = std::move(anchor_blocks);
-  kept_full_.blocks = std::move(kept_blocks);
-  sentence_.blocks = std::move(sentence_blocks);
-  next_position_ += s;
-  anchors_seen_ += chunk_anchors;
-  peak_kept_ = std::max(peak_kept_, p + s);
+  Apply(ids, std::move(pl));
   return out;
 }
 

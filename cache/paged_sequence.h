@@ -20,6 +20,15 @@
 
 namespace anchorserve::cache {
 
+// How DecodeBatch computes attention. kAuto: the CUDA kernel where it applies (CUDA build,
+// bf16, head_dim 64/128, block_tokens <= 32), else the gathering reference.
+enum class DecodeAttention { kAuto, kReference, kKernel };
+
+struct DecodeOptions {
+  DecodeAttention attention = DecodeAttention::kAuto;
+  bool cuda_graphs = true;  // kernel path: replay a captured graph per batch-size bucket
+};
+
 struct PagedSequenceOptions {
   model::AttentionMode mode = model::AttentionMode::kAnchor;
   model::PositionPolicy policy = model::PositionPolicy::kAbsolute;
@@ -53,6 +62,9 @@ class PagedSequence {
   // device OOM). On error nothing changed: no block leaked, the state is as before.
   absl::StatusOr<std::vector<float>> Feed(absl::Span<const int32_t> ids, bool all_logits,
                                           absl::Span<const uint8_t> kept_full = {});
+  // Feed without logits: the chunk's keys/values are computed and stored, nothing is copied
+  // back, so on CUDA the call does not wait for the device (prefill chunks before the last).
+  absl::Status Prefill(absl::Span<const int32_t> ids, absl::Span<const uint8_t> kept_full = {});
 
   // Kept entries in attention order: anchors, kept-full, then the current sentence.
   std::vector<SnapshotEntry> entries() const;
@@ -66,11 +78,45 @@ class PagedSequence {
   // Copies the state out (keys/values to host memory). The sequence is unchanged.
   absl::StatusOr<SessionSnapshot> Snapshot() const;
 
+  // One decode step for several sequences in one batched forward: feeds tokens[i] to
+  // seqs[i] (distinct sequences of one model and pool) and returns their last-token logits,
+  // row-major [n, vocab]. The result equals n separate Feed() calls. On CUDA with bf16 the
+  // attention is the paged kernel (cache/cuda/), launched through a CUDA graph per batch-size
+  // bucket, with one device synchronization (the logits); elsewhere it gathers the layout.
+  // Errors as Feed(); ResourceExhausted when the pool lacks a block for some sequence. On
+  // error no sequence changed.
+  static absl::StatusOr<std::vector<float>> DecodeBatch(absl::Span<PagedSequence* const> seqs,
+                                                        absl::Span<const int32_t> tokens,
+                                                        const DecodeOptions& options = {});
+
  private:
   struct Region {
     std::vector<SnapshotEntry> entries;
     std::vector<int32_t> blocks;
   };
+  // Where a chunk's tokens go after this step's REDUCTION, with the blocks it needs already
+  // allocated (cache/paged_sequence.cc).
+  struct Placement {
+    std::vector<int64_t> to_anchor, to_kept, to_sentence;
+    std::vector<int64_t> positions;
+    bool clear_sentence = false;
+    int64_t chunk_anchors = 0;
+    int64_t sentence_base = 0;
+    std::vector<int32_t> fresh;  // allocated for this chunk; freed on abort
+    std::vector<int32_t> anchor_blocks, kept_blocks, sentence_blocks;  // after the chunk
+    std::vector<int64_t> src, dst_block, dst_offset;  // chunk index -> slot, written tokens
+  };
+  enum class Logits { kNone, kLast, kAll };
+  absl::StatusOr<std::vector<float>> Forward(absl::Span<const int32_t> ids, Logits logits,
+                                             absl::Span<const uint8_t> kept_full);
+  absl::Status CheckChunk(absl::Span<const int32_t> ids, absl::Span<const uint8_t> kept_full,
+                          int64_t kept_entries) const;
+  absl::StatusOr<Placement> Place(absl::Span<const int32_t> ids,
+                                  absl::Span<const uint8_t> kept_full);
+  void Abort(const Placement& placement);
+  void Apply(absl::Span<const int32_t> ids, Placement placement);
+  // Kept entries as (block, filled slots | anchor flag) segments in attention order.
+  void AppendSegments(std::vector<int32_t>* block, std::vector<int32_t>* info) const;
 
   PagedSequence(const model::LlamaModel* model, BlockPool* pool, PagedSequenceOptions options);
   void FreeRegion(Region& region);

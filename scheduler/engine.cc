@@ -1,6 +1,7 @@
 #include "scheduler/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
@@ -103,6 +104,8 @@ struct Engine::Impl {
   std::map<uint64_t, std::unique_ptr<Request>> active;  // by id (= arrival order)
   std::optional<SchedulingPolicy> policy;
   int64_t steps = 0, preemptions = 0;
+  double step_seconds = 0, model_seconds = 0;
+  int64_t decode_tokens = 0, decode_batches = 0;
   absl::Time last_idle_sweep = absl::InfinitePast();
   int fail_steps = 0;
 
@@ -146,12 +149,13 @@ struct Engine::Impl {
   absl::Status Resume(Request& r);
   void Prefill(Request& r, int64_t tokens);
   void PublishCounts();
-  void Sample(Request& r);
+  void Sample(Request& r, absl::Span<const float> logits);
+  void DecodeAll(const std::vector<Request*>& decoding);
   void Emit(Request& r, int32_t token);
   void Finish(Request& r, FinishReason reason, absl::Status status);
   absl::Status FeedPending(Request& r);
   absl::StatusOr<std::vector<float>> Feed(Request& r, absl::Span<const int32_t> ids,
-                                          absl::Span<const uint8_t> spans);
+                                          absl::Span<const uint8_t> spans, bool logits = true);
   cache::PagedSequence* Sequence(const Request& r) const { return resident->Get(r.handle); }
 };
 
@@ -356,9 +360,18 @@ EngineStats Engine::Stats() const {
     stats.kv_blocks_used = impl_->pool->used_blocks();
     stats.steps = impl_->steps;
     stats.preemptions = impl_->preemptions;
+    stats.step_seconds = impl_->step_seconds;
+    stats.model_seconds = impl_->model_seconds;
+    stats.decode_tokens = impl_->decode_tokens;
+    stats.decode_batches = impl_->decode_batches;
     stats.sessions = impl_->sessions->Stats();
   });
   return stats;
+}
+
+int64_t Engine::Load() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->waiting_count + impl_->running_count;
 }
 
 void Engine::TEST_FailSteps(int n) {
@@ -568,15 +581,17 @@ void Engine::Impl::Prefill(Request& r, int64_t tokens) {
       absl::MakeConstSpan(r.req.prompt_token_ids).subspan(r.prefilled, tokens);
   absl::Span<const uint8_t> spans;
   if (!r.span_flags.empty()) spans = absl::MakeConstSpan(r.span_flags).subspan(r.prefilled, tokens);
-  absl::StatusOr<std::vector<float>> logits = Feed(r, ids, spans);
+  // Only the prompt's last chunk needs logits; earlier chunks leave the device running.
+  const bool last = r.prefilled + tokens == static_cast<int64_t>(r.req.prompt_token_ids.size());
+  absl::StatusOr<std::vector<float>> logits = Feed(r, ids, spans, /*logits=*/last);
   if (!logits.ok()) {
     Finish(r, FinishReason::kError, logits.status());
     return;
   }
   r.prefilled += tokens;
-  if (r.prefilled == static_cast<int64_t>(r.req.prompt_token_ids.size())) {
+  if (last) {
     r.logits = *std::move(logits);
-    Sample(r);
+    Sample(r, r.logits);
   }
 }
 
@@ -602,6 +617,7 @@ void Engine::Impl::Step() {
     }
   }
   ++steps;
+  const auto step_start = std::chrono::steady_clock::now();
   auto find = [&](uint64_t id) -> Request* {
     auto it = active.find(id);
     return it == active.end() ? nullptr : it->second.get();
@@ -622,15 +638,12 @@ void Engine::Impl::Step() {
       if (absl::Status s = Resume(*r); !s.ok()) Finish(*r, FinishReason::kError, s);
     }
   }
+  std::vector<Request*> decoding;
   for (uint64_t id : plan->decodes) {
     Request* r = find(id);
-    if (r == nullptr || !r->running || r->pending < 0) continue;
-    if (absl::Status s = FeedPending(*r); !s.ok()) {
-      Finish(*r, FinishReason::kError, s);
-      continue;
-    }
-    Sample(*r);
+    if (r != nullptr && r->running && r->pending >= 0) decoding.push_back(r);
   }
+  DecodeAll(decoding);
   for (const PrefillChunk& chunk : plan->prefills) {
     Request* r = find(chunk.id);
     if (r == nullptr) continue;
@@ -639,6 +652,46 @@ void Engine::Impl::Step() {
     Prefill(*r, chunk.tokens);
   }
   PublishCounts();
+  step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+}
+
+// All of a step's decodes in one batched forward. When that fails (a pool short of blocks, a
+// sequence at its position limit, a device error), each request goes alone, so that only the
+// ones at fault end and idle sessions can be moved out of the pool first.
+void Engine::Impl::DecodeAll(const std::vector<Request*>& decoding) {
+  if (decoding.empty()) return;
+  if (fail_steps == 0) {
+    std::vector<cache::PagedSequence*> seqs;
+    std::vector<int32_t> tokens;
+    for (Request* r : decoding) {
+      seqs.push_back(Sequence(*r));
+      tokens.push_back(r->pending);
+    }
+    cache::DecodeOptions decode;
+    decode.cuda_graphs = options.cuda_graphs;
+    const auto start = std::chrono::steady_clock::now();
+    auto logits = cache::PagedSequence::DecodeBatch(seqs, tokens, decode);
+    model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (logits.ok()) {
+      const size_t vocab = logits->size() / decoding.size();
+      decode_tokens += static_cast<int64_t>(decoding.size());
+      ++decode_batches;
+      for (size_t i = 0; i < decoding.size(); ++i) {
+        decoding[i]->pending = -1;
+        Sample(*decoding[i], absl::MakeConstSpan(logits->data() + i * vocab, vocab));
+      }
+      return;
+    }
+  }
+  for (Request* r : decoding) {
+    if (absl::Status s = FeedPending(*r); !s.ok()) {
+      Finish(*r, FinishReason::kError, s);
+      continue;
+    }
+    ++decode_tokens;
+    ++decode_batches;
+    Sample(*r, r->logits);
+  }
 }
 
 void Engine::Impl::PublishCounts() {
@@ -653,17 +706,30 @@ void Engine::Impl::PublishCounts() {
 // Feeds through the sequence; when the pool is full, moves idle sessions out of it (least
 // recently used first) and tries once more.
 absl::StatusOr<std::vector<float>> Engine::Impl::Feed(Request& r, absl::Span<const int32_t> ids,
-                                                      absl::Span<const uint8_t> spans) {
+                                                      absl::Span<const uint8_t> spans,
+                                                      bool logits) {
   if (fail_steps > 0) {
     --fail_steps;
     return absl::InternalError("injected model step failure");
   }
-  auto logits = Sequence(r)->Feed(ids, false, spans);
-  if (!absl::IsResourceExhausted(logits.status())) return logits;
+  auto timed_feed = [&] {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<std::vector<float>> out = std::vector<float>{};
+    if (logits) {
+      out = Sequence(r)->Feed(ids, false, spans);
+    } else if (absl::Status s = Sequence(r)->Prefill(ids, spans); !s.ok()) {
+      out = s;
+    }
+    model_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return out;
+  };
+  auto result = timed_feed();
+  if (!absl::IsResourceExhausted(result.status())) return result;
   const int64_t need = (static_cast<int64_t>(ids.size()) / pool->block_tokens() + 3) * pool->block_bytes();
   auto freed = sessions->OffloadLeastRecentlyUsed(need);
-  if (!freed.ok() || *freed == 0) return logits;
-  return Sequence(r)->Feed(ids, false, spans);
+  if (!freed.ok() || *freed == 0) return result;
+  return timed_feed();
 }
 
 absl::Status Engine::Impl::FeedPending(Request& r) {
@@ -674,8 +740,8 @@ absl::Status Engine::Impl::FeedPending(Request& r) {
   return absl::OkStatus();
 }
 
-void Engine::Impl::Sample(Request& r) {
-  const int32_t token = r.sampler->Sample(r.logits, r.history);
+void Engine::Impl::Sample(Request& r, absl::Span<const float> logits) {
+  const int32_t token = r.sampler->Sample(logits, r.history);
   r.history.push_back(token);
   ++r.generated;
   r.pending = token;  // fed at the next step (or at commit)

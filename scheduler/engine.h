@@ -92,6 +92,7 @@ struct EngineOptions {
   int64_t max_prefill_chunk = 512;
   int64_t max_prompt_tokens = 8192;
   int32_t max_new_tokens = 4096;
+  bool cuda_graphs = true;               // CUDA decode steps replay captured graphs
   cache::SessionStoreOptions sessions;   // model fields are filled in by the engine
 };
 
@@ -103,6 +104,13 @@ struct EngineStats {
   int64_t steps = 0;
   int64_t preemptions = 0;
   int64_t rejected = 0;
+  // Engine-thread time, cumulative: whole steps, and the part spent inside model forwards
+  // (on CUDA including the one wait for the step's logits). step - model is the engine's own
+  // CPU overhead: planning, sampling, stop handling, streaming.
+  double step_seconds = 0;
+  double model_seconds = 0;
+  int64_t decode_tokens = 0;   // tokens decoded (one per running sequence per step)
+  int64_t decode_batches = 0;  // batched decode forwards run; decode_tokens / this = mean batch
   cache::SessionStoreStats sessions;
 };
 
@@ -149,6 +157,8 @@ class Engine {
   const ModelInfo& model_info() const;
   const model::Tokenizer* tokenizer() const;  // null when the model has no tokenizer.model
   EngineStats Stats() const;
+  // Requests queued or running, read without a round trip to the engine thread (routing).
+  int64_t Load() const;
 
   // Fault injection: the next `n` model steps throw as if the device failed.
   void TEST_FailSteps(int n);
