@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <chrono>
 #include <cmath>
@@ -35,21 +36,6 @@ absl::StatusOr<at::ScalarType> ScalarTypeOf(DType dtype, absl::string_view tenso
   }
 }
 
-absl::Status CheckDevice(const LoadOptions& options) {
-  if (options.device == Device::kCuda && !CudaAvailable()) {
-    return absl::FailedPreconditionError(
-        "device cuda requested, but this build has no CUDA libtorch or no GPU is visible");
-  }
-  if (options.num_threads > 0) at::set_num_threads(options.num_threads);
-  return absl::OkStatus();
-}
-
-at::TensorOptions TensorOptionsOf(const LoadOptions& options) {
-  return at::TensorOptions()
-      .dtype(ScalarTypeOf(options.precision))
-      .device(options.device == Device::kCuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU));
-}
-
 absl::Status ToStatus(const std::exception& e, absl::string_view what) {
   const std::string message = e.what();
   const std::string first_line = message.substr(0, message.find('\n'));
@@ -59,6 +45,36 @@ absl::Status ToStatus(const std::exception& e, absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", first_line));
 }
 
+absl::Status CheckDevice(const LoadOptions& options) {
+  if (options.device == Device::kCuda && !CudaAvailable()) {
+    return absl::FailedPreconditionError(
+        "device cuda requested, but this build has no CUDA libtorch or no GPU is visible");
+  }
+  if (options.device == Device::kCuda) {
+    if (options.device_index < 0 || options.device_index >= CudaDeviceCount()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device_index ", options.device_index, " is not a visible CUDA device (",
+                       CudaDeviceCount(), " visible; CUDA_VISIBLE_DEVICES applies)"));
+    }
+    try {
+      // The caller's later device-less allocations (the KV pool) follow the weights.
+      c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(
+          at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(options.device_index)));
+    } catch (const std::exception& e) {
+      return ToStatus(e, absl::StrCat("select CUDA device ", options.device_index));
+    }
+  }
+  if (options.num_threads > 0) at::set_num_threads(options.num_threads);
+  return absl::OkStatus();
+}
+
+at::TensorOptions TensorOptionsOf(const LoadOptions& options) {
+  return at::TensorOptions()
+      .dtype(ScalarTypeOf(options.precision))
+      .device(options.device == Device::kCuda
+                  ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(options.device_index))
+                  : at::Device(at::kCPU));
+}
 
 }  // namespace
 
@@ -112,6 +128,7 @@ absl::string_view PrecisionName(Precision precision) {
 }
 
 bool CudaAvailable() { return at::hasCUDA(); }
+int CudaDeviceCount() { return at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0; }
 
 at::Tensor LlamaImpl::ForwardHidden(const at::Tensor& ids, const at::Tensor& positions,
                                     const std::vector<LayerKV>& past, const at::Tensor& allowed,

@@ -25,11 +25,19 @@ absl::string_view PrecisionName(Precision precision);
 
 // True when this build links a CUDA libtorch and a GPU is visible.
 bool CudaAvailable();
+// CUDA devices visible to this process (CUDA_VISIBLE_DEVICES applies); 0 on a CPU-only build
+// or a machine without a GPU. Cheap; any thread.
+int CudaDeviceCount();
 
 struct LoadOptions {
   Device device = Device::kCpu;
   Precision precision = Precision::kFloat32;
   int num_threads = 0;  // CPU intra-op threads; 0 = libtorch's default
+  // cuda: which visible device holds the weights (0 .. CudaDeviceCount() - 1); ignored on cpu.
+  // Loading also makes it the calling thread's current CUDA device, so that what the caller
+  // allocates next without naming a device (the KV pool, cache/block_pool.cc) lands beside
+  // the weights; threads that only run ATen ops on the model's tensors need nothing more.
+  int device_index = 0;
 };
 
 struct LlamaImpl;  // torch-side state, see model/llama_impl.h

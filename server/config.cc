@@ -361,6 +361,11 @@ std::vector<Field> BuildFields() {
   f.push_back(IntegerField(
       NewField("threads", "<int>", "CPU intra-op threads; 0 = the library's default (all cores)."),
       CONFIG_MEMBER(threads)));
+  f.push_back(IntegerField(
+      NewField("workers", "<int>",
+               "Engine workers, each with its own model copy and KV pool; 0 = one per visible "
+               "GPU on cuda, one on cpu. Sessions stay on the worker that created them."),
+      CONFIG_MEMBER(workers)));
   // kv
   f.push_back(IntegerField(
       NewField("kv.budget_bytes", "<bytes>",
@@ -1042,6 +1047,7 @@ absl::Status ValidateServerConfig(const ServerConfig& config, const ConfigSource
     }
   }
   CheckNotNegative(problems, "threads", config.threads);
+  CheckNotNegative(problems, "workers", config.workers);
 
   CheckPositive(problems, "kv.budget_bytes", config.kv.budget_bytes);
   const double fraction = config.kv.gpu_memory_fraction;

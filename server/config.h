@@ -122,6 +122,9 @@ struct ServerConfig {
   Device device = Device::kCpu;
   Dtype dtype = Dtype::kFloat32;
   int32_t threads = 0;  // CPU intra-op threads; 0 = the library's default
+  // Engine workers (scheduler/worker_pool.h): 0 = one per visible GPU on cuda, one on cpu;
+  // on cuda at most one per visible GPU (checked at start, where the GPUs are known).
+  int32_t workers = 0;
   KvConfig kv;
   SchedulerConfig scheduler;
   LimitsConfig limits;
@@ -213,7 +216,7 @@ absl::Status ApplyCommandLine(const CommandLine& command_line, ServerConfig* con
                               ConfigSources* sources);
 
 // Checks the merged configuration: model and listen set, addresses host:port, sizes and counts
-// positive, kv.gpu_memory_fraction 0 or in (0, 1) and only with device cuda, prefill chunk within
+// positive (threads and workers may be 0: automatic), kv.gpu_memory_fraction 0 or in (0, 1) and only with device cuda, prefill chunk within
 // the step budget, durations non-negative (keepalives positive and finite), TLS cert and key both
 // or neither (client CA only with them), auth.enabled only with a tokens file. InvalidArgument
 // listing every problem, each with its key and, when `sources` knows it, where the value came

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/config.h"
@@ -48,8 +49,9 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const RunOp
   return grpc::SslServerCredentials(ssl);
 }
 
-// Runs one one-token generation so the first user request does not pay for lazy set-up.
-absl::Status WarmUp(scheduler::Engine& engine) {
+// Runs one one-token generation on every worker, so the first user request does not pay for
+// lazy set-up wherever it lands.
+absl::Status WarmUp(scheduler::WorkerPool& workers) {
   struct Waiter : scheduler::StreamSink {
     std::mutex mu;
     std::condition_variable cv;
@@ -63,18 +65,30 @@ absl::Status WarmUp(scheduler::Engine& engine) {
       cv.notify_all();
     }
   };
-  auto waiter = std::make_shared<Waiter>();
-  scheduler::GenerationRequest request;
-  request.tenant = "warm-up";
-  const int32_t bos = engine.model_info().config.bos_token_id;
-  request.prompt_token_ids = {bos >= 0 ? bos : 0};
-  request.max_tokens = 1;
-  request.sampling.temperature = 0;
-  auto id = engine.Submit(request, waiter);
-  if (!id.ok()) return id.status();
-  std::unique_lock<std::mutex> lock(waiter->mu);
-  waiter->cv.wait(lock, [&] { return waiter->done; });
-  return waiter->status;
+  std::vector<std::shared_ptr<Waiter>> waiters;
+  for (int worker = 0; worker < workers.num_workers(); ++worker) {
+    auto waiter = std::make_shared<Waiter>();
+    scheduler::GenerationRequest request;
+    request.tenant = "warm-up";
+    const int32_t bos = workers.model_info().config.bos_token_id;
+    request.prompt_token_ids = {bos >= 0 ? bos : 0};
+    request.max_tokens = 1;
+    request.sampling.temperature = 0;
+    auto id = workers.SubmitTo(worker, request, waiter);
+    if (!id.ok()) return id.status();
+    waiters.push_back(std::move(waiter));
+  }
+  for (size_t worker = 0; worker < waiters.size(); ++worker) {
+    Waiter& waiter = *waiters[worker];
+    std::unique_lock<std::mutex> lock(waiter.mu);
+    waiter.cv.wait(lock, [&] { return waiter.done; });
+    if (!waiter.status.ok()) {
+      if (waiters.size() == 1) return waiter.status;
+      return absl::Status(waiter.status.code(),
+                          absl::StrCat("worker ", worker, ": ", waiter.status.message()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -102,19 +116,22 @@ int RunServer(const RunOptions& options) {
     metrics->SetServing(false);
     if (auto process = ReadProcessStats(); process.ok()) metrics->SetProcess(*process);
   }
-  auto engine = scheduler::Engine::Create(options.engine);
-  if (!engine.ok()) {
-    LogEvent("start_failed", "-", "", absl::StrCat("error=\"", engine.status().ToString(), "\""));
+  scheduler::WorkerPoolOptions pool_options;
+  pool_options.engine = options.engine;
+  pool_options.workers = options.workers;
+  auto workers = scheduler::WorkerPool::Create(std::move(pool_options));
+  if (!workers.ok()) {
+    LogEvent("start_failed", "-", "", absl::StrCat("error=\"", workers.status().ToString(), "\""));
     return 1;
   }
   if (metrics != nullptr) {
     (void)metrics->SetBuildInfo({ANCHORSERVE_VERSION,
                                  std::string(model::DeviceName(options.engine.load.device)),
                                  std::string(model::PrecisionName(options.engine.load.precision))});
-    (void)metrics->SetModelInfo(model::AnchorKindName((*engine)->model_info().anchors.kind));
+    (void)metrics->SetModelInfo(model::AnchorKindName((*workers)->model_info().anchors.kind));
   }
-  AnchorServeService service(engine->get(), metrics.get(), options.service);
-  // Gauges that mirror engine state, refreshed once a second.
+  AnchorServeService service(workers->get(), metrics.get(), options.service);
+  // Gauges that mirror engine state (summed over the workers), refreshed once a second.
   std::mutex poll_mu;
   std::condition_variable poll_cv;
   bool poll_stop = false;
@@ -124,7 +141,7 @@ int RunServer(const RunOptions& options) {
       std::unique_lock<std::mutex> lock(poll_mu);
       while (!poll_cv.wait_for(lock, std::chrono::seconds(1), [&] { return poll_stop; })) {
         lock.unlock();
-        const scheduler::EngineStats stats = (*engine)->Stats();
+        const scheduler::EngineStats stats = (*workers)->Stats();
         metrics->SetQueue(stats.running, stats.waiting);
         metrics->SetKvPool(stats.kv_blocks_used, stats.kv_blocks_total);
         SessionsByTier tiers;
@@ -175,7 +192,7 @@ int RunServer(const RunOptions& options) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
-  if (absl::Status warm = WarmUp(**engine); !warm.ok()) {
+  if (absl::Status warm = WarmUp(**workers); !warm.ok()) {
     LogEvent("start_failed", "-", "", absl::StrCat("error=\"warm-up: ", warm.ToString(), "\""));
     server->Shutdown();
     stop_poller();
@@ -192,8 +209,9 @@ int RunServer(const RunOptions& options) {
   }
   LogEvent("serving", "-", "",
            absl::StrCat("listen=", host, ":", port, " metrics=", metrics_at,
+                        " workers=", (*workers)->num_workers(),
                         " model=", options.engine.model_dir,
-                        " anchors=", model::AnchorKindName((*engine)->model_info().anchors.kind)));
+                        " anchors=", model::AnchorKindName((*workers)->model_info().anchors.kind)));
 
   int signal = 0;
   sigwait(&signals, &signal);
@@ -207,7 +225,7 @@ int RunServer(const RunOptions& options) {
     metrics->SetDraining(true);
   }
   service.StartDrain();
-  const absl::Status drained = (*engine)->Drain(options.drain_timeout);
+  const absl::Status drained = (*workers)->Drain(options.drain_timeout);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   stop_poller();
   LogEvent("drain_done", "-", "", absl::StrCat("sessions_persisted=", drained.ok() ? "yes" : "no",
@@ -229,6 +247,7 @@ absl::StatusOr<RunOptions> ToRunOptions(const ServerConfig& c) {
   e.load.precision = c.dtype == ServerConfig::Dtype::kBFloat16 ? model::Precision::kBFloat16
                                                                : model::Precision::kFloat32;
   e.load.num_threads = c.threads;
+  o.workers = c.workers;
   e.kv_budget_bytes = c.kv.budget_bytes;
   e.kv_free_memory_fraction = c.kv.gpu_memory_fraction;
   e.block_tokens = c.kv.block_tokens;

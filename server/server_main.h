@@ -1,4 +1,4 @@
-// The anchorserve process: build the engine and the gRPC server from options, serve, and drain
+// The anchorserve process: build the workers and the gRPC server from options, serve, and drain
 // on SIGTERM/SIGINT. Separate from main() so tests can drive it.
 #ifndef ANCHORSERVE_SERVER_SERVER_MAIN_H_
 #define ANCHORSERVE_SERVER_SERVER_MAIN_H_
@@ -6,13 +6,14 @@
 #include <string>
 
 #include "absl/time/time.h"
-#include "scheduler/engine.h"
+#include "scheduler/worker_pool.h"
 #include "server/service.h"
 
 namespace anchorserve::server {
 
 struct RunOptions {
-  scheduler::EngineOptions engine;
+  scheduler::EngineOptions engine;  // every worker's (scheduler/worker_pool.h)
+  int32_t workers = 0;              // 0 = one per visible GPU on cuda, one on cpu
   ServiceOptions service;
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen;  // empty: no metrics endpoint

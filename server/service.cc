@@ -122,8 +122,9 @@ void FillUsage(const scheduler::Usage& usage, v1::Usage* out) {
 // limits.max_sessions_per_tenant: ResourceExhausted when `tenant` already holds `limit`
 // sessions. (Checked before the engine adds one, not atomically with it: concurrent creates of
 // one tenant can pass it together, by at most the number of executor threads.)
-absl::Status RoomForSession(scheduler::Engine& engine, const std::string& tenant, int32_t limit) {
-  if (static_cast<int64_t>(engine.ListSessions(tenant).size()) < limit) return absl::OkStatus();
+absl::Status RoomForSession(scheduler::WorkerPool& workers, const std::string& tenant,
+                            int32_t limit) {
+  if (static_cast<int64_t>(workers.ListSessions(tenant).size()) < limit) return absl::OkStatus();
   return absl::ResourceExhaustedError(
       absl::StrCat("sessions: the tenant already holds the maximum of ", limit));
 }
@@ -227,7 +228,7 @@ class AnchorServeService::GenerateReactor
     std::vector<int32_t> prompt;
     bool add_bos = true;
     if (!request_.session_id().empty()) {
-      auto info = service_->engine_->GetSession(tenant_, request_.session_id());
+      auto info = service_->workers_->GetSession(tenant_, request_.session_id());
       if (!info.ok()) {
         FinishWith(ToGrpc(info.status()));
         return;
@@ -247,7 +248,7 @@ class AnchorServeService::GenerateReactor
     if (context_->deadline() != std::chrono::system_clock::time_point::max()) {
       r.deadline = absl::FromChrono(context_->deadline());
     }
-    auto id = service_->engine_->Submit(std::move(r), sink_);
+    auto id = service_->workers_->Submit(std::move(r), sink_);
     if (!id.ok()) {
       if (absl::IsResourceExhausted(id.status()) && service_->metrics_ != nullptr) {
         service_->metrics_->RecordQueueRejection();
@@ -256,9 +257,9 @@ class AnchorServeService::GenerateReactor
       return;
     }
     request_id_ = absl::StrCat("r-", *id);
-    engine_id_ = *id;
+    pool_id_ = *id;
     submitted_ = true;
-    if (cancel_requested_) service_->engine_->Cancel(*id);
+    if (cancel_requested_) service_->workers_->Cancel(*id);
     // From here on the reactor may be deleted at any moment: keep the sink alive locally.
     std::shared_ptr<Sink> sink = sink_;
     sink->Open();
@@ -266,7 +267,7 @@ class AnchorServeService::GenerateReactor
 
   void CancelEngineRequest() {
     cancel_requested_ = true;
-    if (submitted_ && !finished_) service_->engine_->Cancel(engine_id_);
+    if (submitted_ && !finished_) service_->workers_->Cancel(pool_id_);
   }
 
   // Called on the engine thread (through the sink). Never blocks on the network.
@@ -390,10 +391,11 @@ class AnchorServeService::GenerateReactor
                             ? -1
                             : absl::ToDoubleMilliseconds(first_token_time_ - start_);
     LogEvent("generate", request_id_, request_.session_id(),
-             absl::StrFormat("status=%d finish=%s prompt_tokens=%d completion_tokens=%d "
+             absl::StrFormat("status=%d finish=%s worker=%d prompt_tokens=%d completion_tokens=%d "
                              "cached_tokens=%d kept_kv=%d full_kv=%d ttft_ms=%.1f e2e_ms=%.1f",
                              static_cast<int>(status.error_code()),
                              scheduler::FinishReasonName(event.finish_reason),
+                             submitted_ ? service_->workers_->WorkerOfRequest(pool_id_) : -1,
                              event.usage.prompt_tokens, event.usage.completion_tokens,
                              event.usage.cached_tokens, event.usage.kv.kept_tokens,
                              event.usage.kv.full_tokens, ttft,
@@ -406,7 +408,7 @@ class AnchorServeService::GenerateReactor
   std::string tenant_;
   std::shared_ptr<Sink> sink_;
   std::atomic<bool> submitted_{false}, finished_{false}, cancel_requested_{false};
-  uint64_t engine_id_ = 0;
+  uint64_t pool_id_ = 0;
   std::string request_id_;
   const absl::Time start_;
   const absl::Time deadline_;  // the client's, InfiniteFuture without one
@@ -423,9 +425,9 @@ class AnchorServeService::GenerateReactor
 
 // ------------------------------------------------------------------------- service
 
-AnchorServeService::AnchorServeService(scheduler::Engine* engine, Metrics* metrics,
+AnchorServeService::AnchorServeService(scheduler::WorkerPool* workers, Metrics* metrics,
                                        ServiceOptions options)
-    : engine_(engine),
+    : workers_(workers),
       metrics_(metrics),
       options_(std::move(options)),
       executor_(options_.executor_threads) {}
@@ -452,7 +454,7 @@ absl::StatusOr<std::string> AnchorServeService::Authenticate(
 
 absl::StatusOr<std::vector<int32_t>> AnchorServeService::PromptTokens(
     const v1::GenerateRequest& request, bool add_bos) const {
-  return server::PromptTokens(request, engine_->tokenizer(), engine_->model_info().anchors,
+  return server::PromptTokens(request, workers_->tokenizer(), workers_->model_info().anchors,
                               options_.default_insertion, add_bos);
 }
 
@@ -502,12 +504,12 @@ grpc::ServerUnaryReactor* AnchorServeService::CreateSession(
       id = absl::StrFormat("s-%016x-%d", absl::ToUnixNanos(absl::Now()), ++session_counter_);
     }
     if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
-    if (absl::Status s = RoomForSession(*engine_, tenant, options_.max_sessions_per_tenant);
+    if (absl::Status s = RoomForSession(*workers_, tenant, options_.max_sessions_per_tenant);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = engine_->CreateSession(tenant, id); !s.ok()) return s;
-    auto info = engine_->GetSession(tenant, id);
+    if (absl::Status s = workers_->CreateSession(tenant, id); !s.ok()) return s;
+    auto info = workers_->GetSession(tenant, id);
     if (!info.ok()) return info.status();
     FillSession(*info, response->mutable_session());
     LogEvent("create_session", "-", id, "status=0");
@@ -519,7 +521,7 @@ grpc::ServerUnaryReactor* AnchorServeService::GetSession(grpc::CallbackServerCon
                                                          const v1::GetSessionRequest* request,
                                                          v1::GetSessionResponse* response) {
   return Unary(context, Rpc::kGetSession, [this, request, response](const std::string& tenant) {
-    auto info = engine_->GetSession(tenant, request->session_id());
+    auto info = workers_->GetSession(tenant, request->session_id());
     if (!info.ok()) return info.status();
     FillSession(*info, response->mutable_session());
     return absl::OkStatus();
@@ -532,7 +534,7 @@ grpc::ServerUnaryReactor* AnchorServeService::ListSessions(
   return Unary(context, Rpc::kListSessions, [this, request, response](const std::string& tenant) {
     absl::StatusOr<int32_t> page = ListSessionsPageSize(*request);
     if (!page.ok()) return page.status();
-    std::vector<cache::SessionInfo> all = engine_->ListSessions(tenant);
+    std::vector<cache::SessionInfo> all = workers_->ListSessions(tenant);
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
       return a.session_id < b.session_id;
     });
@@ -556,7 +558,7 @@ grpc::ServerUnaryReactor* AnchorServeService::DeleteSession(
     grpc::CallbackServerContext* context, const v1::DeleteSessionRequest* request,
     v1::DeleteSessionResponse*) {
   return Unary(context, Rpc::kDeleteSession, [this, request](const std::string& tenant) {
-    absl::Status s = engine_->DeleteSession(tenant, request->session_id());
+    absl::Status s = workers_->DeleteSession(tenant, request->session_id());
     LogEvent("delete_session", "-", request->session_id(), absl::StrCat("status=", s.code()));
     return s;
   });
@@ -566,7 +568,7 @@ grpc::ServerUnaryReactor* AnchorServeService::ExportSession(
     grpc::CallbackServerContext* context, const v1::ExportSessionRequest* request,
     v1::ExportSessionResponse* response) {
   return Unary(context, Rpc::kExportSession, [this, request, response](const std::string& tenant) {
-    auto bytes = engine_->ExportSession(tenant, request->session_id());
+    auto bytes = workers_->ExportSession(tenant, request->session_id());
     if (!bytes.ok()) return bytes.status();
     response->set_state(*std::move(bytes));
     return absl::OkStatus();
@@ -579,15 +581,15 @@ grpc::ServerUnaryReactor* AnchorServeService::ImportSession(
   return Unary(context, Rpc::kImportSession, [this, request, response](const std::string& tenant) {
     if (absl::Status s = ValidateImportSessionRequest(*request); !s.ok()) return s;
     // An import adds a session (an existing id is ALREADY_EXISTS): the same limit as Create.
-    if (absl::Status s = RoomForSession(*engine_, tenant, options_.max_sessions_per_tenant);
+    if (absl::Status s = RoomForSession(*workers_, tenant, options_.max_sessions_per_tenant);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = engine_->ImportSession(tenant, request->session_id(), request->state());
+    if (absl::Status s = workers_->ImportSession(tenant, request->session_id(), request->state());
         !s.ok()) {
       return s;
     }
-    auto info = engine_->GetSession(tenant, request->session_id());
+    auto info = workers_->GetSession(tenant, request->session_id());
     if (!info.ok()) return info.status();
     FillSession(*info, response->mutable_session());
     return absl::OkStatus();
@@ -598,7 +600,7 @@ grpc::ServerUnaryReactor* AnchorServeService::GetModelInfo(grpc::CallbackServerC
                                                            const v1::GetModelInfoRequest*,
                                                            v1::GetModelInfoResponse* response) {
   return Unary(context, Rpc::kGetModelInfo, [this, response](const std::string&) {
-    const scheduler::ModelInfo& info = engine_->model_info();
+    const scheduler::ModelInfo& info = workers_->model_info();
     const model::ModelConfig& c = info.config;
     response->set_model_name(info.model_dir);
     response->set_fingerprint(info.fingerprint);
@@ -632,7 +634,7 @@ grpc::ServerUnaryReactor* AnchorServeService::Tokenize(grpc::CallbackServerConte
     if (!ids.ok()) return ids.status();
     for (int32_t id : *ids) {
       response->add_token_ids(id);
-      response->add_pieces(engine_->tokenizer()->IdToPiece(id));
+      response->add_pieces(workers_->tokenizer()->IdToPiece(id));
     }
     return absl::OkStatus();
   });

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "anchorserve/v1/anchorserve.grpc.pb.h"
-#include "scheduler/engine.h"
+#include "scheduler/worker_pool.h"
 
 namespace anchorserve::server {
 
@@ -52,11 +52,12 @@ class Executor {
 
 class AnchorServeService final : public anchorserve::v1::AnchorServe::CallbackService {
  public:
-  // `engine` and `metrics` (may be null) must outlive the service.
-  AnchorServeService(scheduler::Engine* engine, Metrics* metrics, ServiceOptions options);
+  // `workers` and `metrics` (may be null) must outlive the service. Requests and session
+  // calls go through the pool, which routes each to the worker holding the session.
+  AnchorServeService(scheduler::WorkerPool* workers, Metrics* metrics, ServiceOptions options);
   ~AnchorServeService() override;
 
-  // New calls get UNAVAILABLE from now on (the engine also refuses new requests).
+  // New calls get UNAVAILABLE from now on (the workers also refuse new requests).
   void StartDrain() { draining_ = true; }
   int64_t active_streams() const { return active_streams_.load(); }
 
@@ -101,7 +102,7 @@ class AnchorServeService final : public anchorserve::v1::AnchorServe::CallbackSe
                                   std::function<absl::Status(const std::string& tenant)> work);
   void Record(Rpc rpc, const grpc::Status& status);
 
-  scheduler::Engine* engine_;
+  scheduler::WorkerPool* workers_;
   Metrics* metrics_;
   ServiceOptions options_;
   std::atomic<bool> draining_{false};

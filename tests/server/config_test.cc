@@ -142,6 +142,7 @@ TEST(ConfigKeys, NamesAreUniqueAndDerivedFromTheKey) {
                                              "device",
                                              "dtype",
                                              "threads",
+                                             "workers",
                                              "kv.budget_bytes",
                                              "kv.gpu_memory_fraction",
                                              "kv.block_tokens",
@@ -288,6 +289,7 @@ TEST(ConfigYaml, ReadsNestedKeysOfEveryType) {
       "device: cuda\n"
       "dtype: bfloat16\n"
       "threads: 8\n"
+      "workers: 2\n"
       "kv:\n"
       "  budget_bytes: 2GiB\n"
       "  gpu_memory_fraction: 0.85\n"
@@ -304,6 +306,7 @@ TEST(ConfigYaml, ReadsNestedKeysOfEveryType) {
   EXPECT_EQ(config.device, ServerConfig::Device::kCuda);
   EXPECT_EQ(config.dtype, ServerConfig::Dtype::kBFloat16);
   EXPECT_EQ(config.threads, 8);
+  EXPECT_EQ(config.workers, 2);
   EXPECT_EQ(config.kv.budget_bytes, int64_t{2} << 30);
   EXPECT_DOUBLE_EQ(config.kv.gpu_memory_fraction, 0.85);
   EXPECT_EQ(config.sessions.disk_dir, "");
@@ -580,6 +583,7 @@ TEST(ConfigValidation, EachRuleNamesItsKey) {
       {{"--sessions.host_max_bytes=-1"}, "sessions.host_max_bytes"},
       {{"--sessions.disk_dir=/d", "--sessions.disk_max_bytes=0"}, "sessions.disk_max_bytes"},
       {{"--threads=-2"}, "threads (from flag --threads): must not be negative"},
+      {{"--workers=-1"}, "workers (from flag --workers): must not be negative"},
       {{"--auth.enabled"}, "auth.tokens_file (from default): required when auth.enabled is true"},
       {{"--tls.cert_file=/c"},
        "tls.key_file (from default): tls.cert_file and tls.key_file go "
@@ -622,6 +626,8 @@ TEST(ConfigValidation, AcceptsTheUsefulEdgeCases) {
            {"--tls.cert_file=/c", "--tls.key_file=/k", "--tls.client_ca_file=/ca"},
            {"--auth.enabled", "--auth.tokens_file=/t"},
            {"--sessions.host_max_bytes=0"},
+           {"--workers=0"},
+           {"--workers=4"},  // cpu: any count; cuda: checked against the GPUs at start
        }) {
     std::vector<std::string> args = {"--model=/m"};
     args.insert(args.end(), flags.begin(), flags.end());

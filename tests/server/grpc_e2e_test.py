@@ -327,6 +327,47 @@ class GenerateAndSessions(unittest.TestCase):
         self.assertIn("generate request=r-", log)
 
 
+
+class GenerateAndSessionsTwoWorkers(GenerateAndSessions):
+    """The same suite on two CPU workers (scheduler/worker_pool.h): routing is invisible to
+    clients, and every turn of a session runs on the worker that holds it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server("--workers=2")
+
+    def worker_of(self, request_id):
+        """The worker= of the request's 'generate' log line (written as the stream ends)."""
+        pattern = re.compile(r" generate request=" + re.escape(request_id) + r" .* worker=(\d+) ")
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            for line in list(self.server.log_lines):
+                m = pattern.search(line)
+                if m:
+                    return int(m.group(1))
+            time.sleep(0.05)
+        self.fail(f"no generate log line for {request_id}")
+
+    def test_sessions_are_pinned_to_their_worker_and_spread_over_both(self):
+        self.assertIn("workers=2", "".join(self.server.log_lines))
+        ids = [self.server.stub.CreateSession(pb.CreateSessionRequest(), timeout=10)
+               .session.session_id for _ in range(2)]
+        workers = {}
+        for sid in ids:
+            seen = set()
+            for i, text in enumerate(["The ship left. The sea was calm.", "Then it rained.",
+                                      "The crew slept."]):
+                msgs = generate(self.server.stub, session_id=sid, prompt=text, max_tokens=3)
+                if i > 0:
+                    self.assertGreater(msgs[-1].usage.cached_tokens, 0, f"turn {i}")
+                seen.add(self.worker_of(msgs[-1].request_id))
+            self.assertEqual(len(seen), 1, f"the turns of one session ran on {seen}")
+            workers[sid] = seen.pop()
+        self.assertEqual(sorted(workers.values()), [0, 1])
+        for sid in ids:
+            self.server.stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid), timeout=10)
+
+
 class AuthAndTenants(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -574,6 +615,32 @@ class QueueAndRestart(unittest.TestCase):
                 second = generate(restarted.stub, session_id=sid, prompt="Then it rained.",
                                   max_tokens=4)[-1].usage
                 self.assertEqual(second.cached_tokens, first.full_kv_tokens)
+            finally:
+                self.assertEqual(restarted.stop(), 0)
+
+
+    def test_restart_with_two_workers_brings_each_session_back_to_its_worker(self):
+        with tempfile.TemporaryDirectory() as disk:
+            server = Server(f"--sessions.disk_dir={disk}", "--workers=2")
+            first = {}
+            for sid in ("kept-a", "kept-b"):
+                server.stub.CreateSession(pb.CreateSessionRequest(session_id=sid), timeout=10)
+                first[sid] = generate(server.stub, session_id=sid,
+                                      prompt="The ship left. The sea was calm.",
+                                      max_tokens=4)[-1].usage
+            self.assertEqual(server.stop(), 0)
+            # Worker 0 keeps the directory itself, worker 1 its own subdirectory.
+            self.assertTrue(any(n.endswith(".session") for n in os.listdir(disk)))
+            self.assertTrue(any(n.endswith(".session")
+                                for n in os.listdir(os.path.join(disk, "worker-1"))))
+            restarted = Server(f"--sessions.disk_dir={disk}", "--workers=2")
+            try:
+                listed = restarted.stub.ListSessions(pb.ListSessionsRequest(), timeout=10)
+                self.assertEqual([s.session_id for s in listed.sessions], ["kept-a", "kept-b"])
+                for sid, usage in first.items():
+                    second = generate(restarted.stub, session_id=sid, prompt="Then it rained.",
+                                      max_tokens=4)[-1].usage
+                    self.assertEqual(second.cached_tokens, usage.full_kv_tokens, sid)
             finally:
                 self.assertEqual(restarted.stop(), 0)
 
