@@ -223,7 +223,7 @@ struct DecodeGraphs {};
 
 absl::StatusOr<std::vector<float>> PagedSequence::DecodeBatch(
     absl::Span<PagedSequence* const> seqs, absl::Span<const int32_t> tokens,
-    const DecodeOptions& options) {
+    const DecodeOptions& options, std::vector<int32_t>* greedy) {
   const int64_t n = static_cast<int64_t>(seqs.size());
   if (n == 0) return absl::InvalidArgumentError("DecodeBatch: no sequences");
   if (static_cast<int64_t>(tokens.size()) != n) {
@@ -480,11 +480,20 @@ absl::StatusOr<std::vector<float>> PagedSequence::DecodeBatch(
                           at::tensor(dst_offset).to(device)},
                          values);
     }
-    // The step's one wait; into pinned memory, which copies at full PCIe speed.
-    at::Tensor host_logits =
-        at::empty(logits.sizes(), at::TensorOptions().dtype(at::kFloat).pinned_memory(device.is_cuda()));
-    host_logits.copy_(logits);
-    out.assign(host_logits.data_ptr<float>(), host_logits.data_ptr<float>() + host_logits.numel());
+    // The step's one wait, into pinned memory (full PCIe speed): the argmax ids alone when
+    // sampling is greedy, else the logits.
+    const at::TensorOptions host = at::TensorOptions().pinned_memory(device.is_cuda());
+    if (greedy != nullptr) {
+      at::Tensor ids = at::argmax(logits, 1).to(at::kInt);
+      at::Tensor host_ids = at::empty(ids.sizes(), host.dtype(at::kInt));
+      host_ids.copy_(ids);
+      greedy->assign(host_ids.data_ptr<int32_t>(), host_ids.data_ptr<int32_t>() + n);
+    } else {
+      at::Tensor host_logits = at::empty(logits.sizes(), host.dtype(at::kFloat));
+      host_logits.copy_(logits);
+      out.assign(host_logits.data_ptr<float>(),
+                 host_logits.data_ptr<float>() + host_logits.numel());
+    }
   } catch (const std::exception& e) {
     abort_all();
     return TorchError(e, "batched decode");

@@ -85,9 +85,13 @@ class PagedSequence {
   // bucket, with one device synchronization (the logits); elsewhere it gathers the layout.
   // Errors as Feed(); ResourceExhausted when the pool lacks a block for some sequence. On
   // error no sequence changed.
+  // `greedy` non-null: only each row's argmax is wanted (greedy sampling); it is computed on
+  // the device and stored there, the returned logits are empty and only n ids cross to the
+  // host.
   static absl::StatusOr<std::vector<float>> DecodeBatch(absl::Span<PagedSequence* const> seqs,
                                                         absl::Span<const int32_t> tokens,
-                                                        const DecodeOptions& options = {});
+                                                        const DecodeOptions& options = {},
+                                                        std::vector<int32_t>* greedy = nullptr);
 
  private:
   struct Region {

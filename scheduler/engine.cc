@@ -150,6 +150,7 @@ struct Engine::Impl {
   void Prefill(Request& r, int64_t tokens);
   void PublishCounts();
   void Sample(Request& r, absl::Span<const float> logits);
+  void Accept(Request& r, int32_t token);
   void DecodeAll(const std::vector<Request*>& decoding);
   void Emit(Request& r, int32_t token);
   void Finish(Request& r, FinishReason reason, absl::Status status);
@@ -669,16 +670,26 @@ void Engine::Impl::DecodeAll(const std::vector<Request*>& decoding) {
     }
     cache::DecodeOptions decode;
     decode.cuda_graphs = options.cuda_graphs;
+    // All greedy (the sampler would take the plain argmax): only the ids leave the device.
+    const bool all_greedy = std::all_of(decoding.begin(), decoding.end(), [](Request* r) {
+      return r->req.sampling.temperature == 0.0f && r->req.sampling.repetition_penalty == 1.0f;
+    });
+    std::vector<int32_t> greedy;
     const auto start = std::chrono::steady_clock::now();
-    auto logits = cache::PagedSequence::DecodeBatch(seqs, tokens, decode);
+    auto logits = cache::PagedSequence::DecodeBatch(seqs, tokens, decode,
+                                                    all_greedy ? &greedy : nullptr);
     model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (logits.ok()) {
-      const size_t vocab = logits->size() / decoding.size();
+      const size_t vocab = all_greedy ? 0 : logits->size() / decoding.size();
       decode_tokens += static_cast<int64_t>(decoding.size());
       ++decode_batches;
       for (size_t i = 0; i < decoding.size(); ++i) {
         decoding[i]->pending = -1;
-        Sample(*decoding[i], absl::MakeConstSpan(logits->data() + i * vocab, vocab));
+        if (all_greedy) {
+          Accept(*decoding[i], greedy[i]);
+        } else {
+          Sample(*decoding[i], absl::MakeConstSpan(logits->data() + i * vocab, vocab));
+        }
       }
       return;
     }
@@ -741,7 +752,11 @@ absl::Status Engine::Impl::FeedPending(Request& r) {
 }
 
 void Engine::Impl::Sample(Request& r, absl::Span<const float> logits) {
-  const int32_t token = r.sampler->Sample(logits, r.history);
+  Accept(r, r.sampler->Sample(logits, r.history));
+}
+
+// `token` is the request's next token: record it, then stop or stream it.
+void Engine::Impl::Accept(Request& r, int32_t token) {
   r.history.push_back(token);
   ++r.generated;
   r.pending = token;  // fed at the next step (or at commit)
