@@ -572,9 +572,13 @@ class Soak(unittest.TestCase):
 
         # Every session was deleted by its client; nothing may be left of them. (A fresh
         # channel: the first one sat idle through the load, see Client.vanish.)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # Its own subchannel pool: grpcio otherwise shares the subchannel of an earlier
+        # channel to the same address, whose socket the server may have closed under load
+        # ("Socket closed"); wait_for_ready rides out the reconnect.
+        with grpc.insecure_channel(f"127.0.0.1:{port}",
+                                   options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             left = rpc.AnchorServeStub(channel).ListSessions(
-                pb.ListSessionsRequest(page_size=1000), timeout=30)
+                pb.ListSessionsRequest(page_size=1000), timeout=30, wait_for_ready=True)
         if left.sessions:
             tally.bad(f"{len(left.sessions)} sessions left after every client deleted its own")
         kv_free = wait_for(lambda: server.metric("anchorserve_kv_pool_blocks", 'state="used"') == 0,
