@@ -375,6 +375,35 @@ absl::StatusOr<std::vector<float>> PagedSequence::Forward(absl::Span<const int32
   return out;
 }
 
+absl::StatusOr<std::unique_ptr<PagedSequence>> PagedSequence::Clone() const {
+  std::unique_ptr<PagedSequence> copy(new PagedSequence(model_, pool_, options_));
+  copy->next_position_ = next_position_;
+  copy->anchors_seen_ = anchors_seen_;
+  copy->peak_kept_ = peak_kept_;
+  std::vector<int64_t> src, dst;
+  const Region* from[] = {&anchors_, &kept_full_, &sentence_};
+  Region* to[] = {&copy->anchors_, &copy->kept_full_, &copy->sentence_};
+  for (int i = 0; i < 3; ++i) {
+    to[i]->entries = from[i]->entries;
+    // `copy`'s destructor returns whatever was taken if this fails.
+    ASSIGN_OR_RETURN(to[i]->blocks,
+                     AllocateAll(pool_, static_cast<int64_t>(from[i]->blocks.size())));
+    src.insert(src.end(), from[i]->blocks.begin(), from[i]->blocks.end());
+    dst.insert(dst.end(), to[i]->blocks.begin(), to[i]->blocks.end());
+  }
+  if (src.empty()) return copy;
+  c10::InferenceMode guard;
+  try {
+    at::Tensor& storage = pool_->storage().kv;
+    const at::Device device = storage.device();
+    storage.index_copy_(0, at::tensor(dst).to(device),
+                        storage.index_select(0, at::tensor(src).to(device)));
+  } catch (const std::exception& e) {
+    return TorchError(e, "copying KV blocks");
+  }
+  return copy;
+}
+
 absl::StatusOr<SessionSnapshot> PagedSequence::Snapshot() const {
   SessionSnapshot snap;
   const KvGeometry& g = pool_->options().geometry;

@@ -75,6 +75,11 @@ class PagedSequence {
   int64_t next_position() const { return next_position_; }
   const PagedSequenceOptions& options() const { return options_; }
 
+  // A copy in fresh blocks of the same pool, copied device to device (a session's next turn
+  // runs on a clone, so the committed state survives a failed turn). ResourceExhausted when
+  // the pool cannot hold the copy; nothing is allocated then.
+  absl::StatusOr<std::unique_ptr<PagedSequence>> Clone() const;
+
   // Copies the state out (keys/values to host memory). The sequence is unchanged.
   absl::StatusOr<SessionSnapshot> Snapshot() const;
 

@@ -23,8 +23,12 @@ PagedSequence* ResidentSequences::Get(uint64_t handle) const {
 }
 
 absl::StatusOr<uint64_t> ResidentSequences::Fork(uint64_t handle) {
-  ASSIGN_OR_RETURN(SessionSnapshot snapshot, Snapshot(handle));
-  return Restore(snapshot);
+  PagedSequence* sequence = Get(handle);
+  if (sequence == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no resident sequence with handle ", handle));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<PagedSequence> copy, sequence->Clone());
+  return Insert(std::move(copy));
 }
 
 absl::StatusOr<SessionSnapshot> ResidentSequences::Snapshot(uint64_t handle) {

@@ -8,7 +8,8 @@
 # Full logs go to $OUT (the device tool brings them back). Narrower runs, to save device time:
 #   GPU_TARGETS="batch_decode_test decode_bench"  build only these (default: everything)
 #   GPU_TESTS='DecodeBatch|Engine'                  ctest -R pattern (default: all; "none": skip)
-#   GPU_BENCH="decode serving"                      of: model train hf decode serving (default: all)
+#   GPU_BENCH="decode serving"                      of: model train hf decode serving serving7b
+#                                                   (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-check}"
@@ -88,6 +89,17 @@ step "serving benchmarks (issue 8, benchmarks 4 and 5)"
     --dtype bfloat16 --sessions 64 --batch 64 --json "$OUT/serving_bench.json" \
     || echo "serving_bench failed or timed out (rc $?); see serving_bench.err"
 } 2>"$OUT/serving_bench.err" | tee -a "$OUT/bench.md"
+fi
+if bench_on serving7b; then
+step "serving benchmarks on the 7B shape (random bf16 weights, the default model's vocabulary)"
+{
+  python3 scripts/device/make_7b_model.py models/anllm-ac-20m /tmp/anllm-7b-shape
+  echo
+  echo "Serving through scheduler::Engine, Llama-2-7B shape (vocabulary 8192), bf16: 16 sessions x 20 turns, overhead at batch 64"
+  timeout "${SERVING_BENCH_TIMEOUT:-300}" build-gpu/bin/serving_bench --model /tmp/anllm-7b-shape \
+    --device cuda --dtype bfloat16 --sessions 16 --batch 64 --json "$OUT/serving_bench_7b.json" \
+    || echo "serving_bench (7B) failed or timed out (rc $?); see serving_bench_7b.err"
+} 2>"$OUT/serving_bench_7b.err" | tee -a "$OUT/bench.md"
 fi
 # ---- end of engine benchmarks 4 and 5 ----
 

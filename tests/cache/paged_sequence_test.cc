@@ -256,6 +256,42 @@ TEST_F(PagedSequenceTest, SnapshotRestoreIsBitExactAndContinuesIdentically) {
   EXPECT_EQ(pool_->used_blocks(), 0);
 }
 
+// A clone holds the same state in its own blocks: both continue identically and
+// independently, and a clone the pool cannot hold allocates nothing.
+TEST_F(PagedSequenceTest, CloneIsExactAndIndependent) {
+  const std::vector<int32_t> turn1 = RandomText(33, 6);
+  const std::vector<int32_t> turn2 = RandomText(34, 3);
+  for (AttentionMode mode : {AttentionMode::kAnchor, AttentionMode::kFull}) {
+    auto original = PagedSequence::Create(model_, pool_.get(),
+                                          Options(mode, PositionPolicy::kAbsolute));
+    ASSERT_TRUE((*original)->Feed(turn1, false).ok());
+    const auto before = (*original)->Snapshot();
+    ASSERT_TRUE(before.ok());
+    auto clone = (*original)->Clone();
+    ASSERT_TRUE(clone.ok()) << clone.status();
+    EXPECT_EQ((*clone)->blocks_held(), (*original)->blocks_held());
+    auto cloned = (*clone)->Snapshot();
+    ASSERT_TRUE(cloned.ok());
+    EXPECT_TRUE(*cloned == *before);
+    auto a = (*clone)->Feed(turn2, true);
+    ASSERT_TRUE(a.ok());
+    auto untouched = (*original)->Snapshot();
+    ASSERT_TRUE(untouched.ok());
+    EXPECT_TRUE(*untouched == *before);  // feeding the clone left the original as it was
+    auto b = (*original)->Feed(turn2, true);
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ(*a, *b);
+
+    const int64_t used = pool_->used_blocks();
+    pool_->TEST_FailAllocation(2);
+    auto refused = (*original)->Clone();
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(pool_->used_blocks(), used);
+    pool_->TEST_FailAllocation(0);
+  }
+  EXPECT_EQ(pool_->used_blocks(), 0);
+}
+
 TEST_F(PagedSequenceTest, RestoreRefusesAnotherModelOrMode) {
   auto seq = PagedSequence::Create(model_, pool_.get(),
                                    Options(AttentionMode::kAnchor, PositionPolicy::kAbsolute));

@@ -20,7 +20,7 @@ taken before the load (no state leaks between requests under preemption and canc
 At the end: the process never died; every stream ended with a status on both sides (the server's
 anchorserve_requests_total{rpc="Generate"} accounts for every call); no request is running or
 waiting; every session was deleted and the KV pool is 100% free; open descriptors are back to
-their baseline; the RSS at the end of the load is within 5% of the RSS just after warm-up;
+their baseline; the RSS over the second half of the load is within 5% of the first half after warm-up;
 SIGTERM exits 0.
 
 Environment: E2E_ANCHORSERVE_BIN, E2E_MODEL, E2E_PY_STUBS (as grpc_e2e_test.py), and
@@ -642,15 +642,18 @@ class Soak(unittest.TestCase):
             tally.bad(f"server deadline cancellations {cancelled['deadline']:.0f}, clients' "
                       f"expired deadlines {deadlines}")
 
-        # Memory after warm-up: the RSS at the start of the measured part (the first tenth of
-        # the calls after warm-up) against its end (the last tenth), medians of the once-a-second
-        # samples, so that one burst (a frozen client's stream running on alone for seconds
-        # touches fresh KV pages) does not decide. The RSS after the load is reported too.
+        # Memory after warm-up: the first half of the measured part (the calls after warm-up)
+        # against its second half, medians of the once-a-second samples. A leak grows with
+        # the calls and moves the second half's median up by half its growth; the working set
+        # of batched decode steps moves with the batch (about +-7% of RSS at this size, seen
+        # in an 8,000-call run whose RSS stayed flat), which medians of halves absorb and
+        # medians of tenths (a few samples each at CI size) did not. The RSS after the load
+        # is reported too.
         under_load = [s for s in monitor.samples if s["t"] <= load_end and s["done"] >= WARMUP]
-        tenth = (client_calls - WARMUP) / 10
-        first = [s["rss"] for s in under_load if s["done"] <= WARMUP + tenth] or \
+        half = WARMUP + (client_calls - WARMUP) / 2
+        first = [s["rss"] for s in under_load if s["done"] <= half] or \
             [under_load[0]["rss"] if under_load else end_of_load["rss"]]
-        last = [s["rss"] for s in under_load if s["done"] >= client_calls - tenth] or \
+        last = [s["rss"] for s in under_load if s["done"] > half] or \
             [under_load[-1]["rss"] if under_load else end_of_load["rss"]]
         rss_warm, rss_last = statistics.median(first), statistics.median(last)
         rss_peak = max([s["rss"] for s in under_load] + [end_of_load["rss"]])
