@@ -40,15 +40,6 @@ using at::indexing::Slice;
 
 namespace {
 
-absl::Status TorchError(const std::exception& e, absl::string_view what) {
-  const std::string message = e.what();
-  const std::string first = message.substr(0, message.find('\n'));
-  if (message.find("out of memory") != std::string::npos) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": ", first));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", first));
-}
-
 // The layer loop shared by both attention paths: `attend(l, q, k, v)` returns the attention
 // output [n, heads * head_dim] of layer l for rotated q [n, heads, d], k and v [n, kv, d].
 template <typename Attend>
@@ -496,7 +487,7 @@ absl::StatusOr<std::vector<float>> PagedSequence::DecodeBatch(
     }
   } catch (const std::exception& e) {
     abort_all();
-    return TorchError(e, "batched decode");
+    return model::TorchStatus(e, "batched decode");
   }
   for (int64_t i = 0; i < n; ++i) seqs[i]->Apply({&tokens[i], 1}, std::move(placements[i]));
   return out;

@@ -18,15 +18,6 @@ namespace {
 
 using at::indexing::Slice;
 
-absl::Status TorchError(const std::exception& e, absl::string_view what) {
-  const std::string message = e.what();
-  const std::string first = message.substr(0, message.find('\n'));
-  if (message.find("out of memory") != std::string::npos) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": ", first));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", first));
-}
-
 int64_t BlocksFor(int64_t tokens, int64_t block_tokens) {
   return (tokens + block_tokens - 1) / block_tokens;
 }
@@ -369,7 +360,7 @@ absl::StatusOr<std::vector<float>> PagedSequence::Forward(absl::Span<const int32
     }
   } catch (const std::exception& e) {
     Abort(pl);
-    return TorchError(e, "forward");
+    return model::TorchStatus(e, "forward");
   }
   Apply(ids, std::move(pl));
   return out;
@@ -399,7 +390,7 @@ absl::StatusOr<std::unique_ptr<PagedSequence>> PagedSequence::Clone() const {
     storage.index_copy_(0, at::tensor(dst).to(device),
                         storage.index_select(0, at::tensor(src).to(device)));
   } catch (const std::exception& e) {
-    return TorchError(e, "copying KV blocks");
+    return model::TorchStatus(e, "copying KV blocks");
   }
   return copy;
 }
@@ -436,7 +427,7 @@ absl::StatusOr<SessionSnapshot> PagedSequence::Snapshot() const {
     snap.kv.resize(nbytes);
     std::memcpy(snap.kv.data(), gathered.data_ptr(), nbytes);
   } catch (const std::exception& e) {
-    return TorchError(e, "snapshot");
+    return model::TorchStatus(e, "snapshot");
   }
   return snap;
 }
@@ -501,7 +492,7 @@ absl::StatusOr<std::unique_ptr<PagedSequence>> PagedSequence::Restore(
                         at::tensor(o).to(device)},
                        host.to(device).permute({3, 0, 1, 2, 4}));
   } catch (const std::exception& e) {
-    return TorchError(e, "restoring KV blocks");
+    return model::TorchStatus(e, "restoring KV blocks");
   }
   return seq;
 }

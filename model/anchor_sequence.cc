@@ -160,12 +160,7 @@ absl::StatusOr<std::vector<float>> AnchorSequence::Feed(absl::Span<const int32_t
     peak_kv_tokens_ = std::max(peak_kv_tokens_, p + s);
     return out;
   } catch (const std::exception& e) {
-    const std::string message = e.what();
-    const std::string first = message.substr(0, message.find('\n'));
-    if (message.find("out of memory") != std::string::npos) {
-      return absl::ResourceExhaustedError(absl::StrCat("forward: ", first));
-    }
-    return absl::InternalError(absl::StrCat("forward: ", first));
+    return TorchStatus(e, "forward");
   }
 }
 

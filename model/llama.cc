@@ -36,14 +36,6 @@ absl::StatusOr<at::ScalarType> ScalarTypeOf(DType dtype, absl::string_view tenso
   }
 }
 
-absl::Status ToStatus(const std::exception& e, absl::string_view what) {
-  const std::string message = e.what();
-  const std::string first_line = message.substr(0, message.find('\n'));
-  if (message.find("out of memory") != std::string::npos) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": ", first_line));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", first_line));
-}
 
 absl::Status CheckDevice(const LoadOptions& options) {
   if (options.device == Device::kCuda && !CudaAvailable()) {
@@ -61,7 +53,7 @@ absl::Status CheckDevice(const LoadOptions& options) {
       c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(
           at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(options.device_index)));
     } catch (const std::exception& e) {
-      return ToStatus(e, absl::StrCat("select CUDA device ", options.device_index));
+      return TorchStatus(e, absl::StrCat("select CUDA device ", options.device_index));
     }
   }
   if (options.num_threads > 0) at::set_num_threads(options.num_threads);
@@ -125,6 +117,15 @@ absl::StatusOr<Precision> ParsePrecision(absl::string_view name) {
 absl::string_view DeviceName(Device device) { return device == Device::kCuda ? "cuda" : "cpu"; }
 absl::string_view PrecisionName(Precision precision) {
   return precision == Precision::kBFloat16 ? "bfloat16" : "float32";
+}
+
+absl::Status TorchStatus(const std::exception& e, absl::string_view what) {
+  const std::string message = e.what();
+  const std::string first_line = message.substr(0, message.find('\n'));
+  if (message.find("out of memory") != std::string::npos) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": ", first_line));
+  }
+  return absl::InternalError(absl::StrCat(what, ": ", first_line));
 }
 
 bool CudaAvailable() { return at::hasCUDA(); }
@@ -227,7 +228,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
       return src.to(impl->options.device(), impl->options.dtype().toScalarType(),
                     /*non_blocking=*/false, /*copy=*/true);
     } catch (const std::exception& e) {
-      return ToStatus(e, absl::StrCat("loading tensor ", name));
+      return TorchStatus(e, absl::StrCat("loading tensor ", name));
     }
   };
 
@@ -260,7 +261,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     }
     impl->inv_freq = InvFreq(config, impl->options.device());
   } catch (const std::exception& e) {
-    return ToStatus(e, absl::StrCat("loading ", dir));
+    return TorchStatus(e, absl::StrCat("loading ", dir));
   }
   return std::unique_ptr<LlamaModel>(new LlamaModel(config, options, std::move(impl)));
 }
@@ -299,7 +300,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(const Model
     impl->lm_head = config.tie_word_embeddings ? impl->embed : normal(config.vocab_size, hidden);
     impl->inv_freq = InvFreq(config, impl->options.device());
   } catch (const std::exception& e) {
-    return ToStatus(e, "creating random weights");
+    return TorchStatus(e, "creating random weights");
   }
   return std::unique_ptr<LlamaModel>(new LlamaModel(config, options, std::move(impl)));
 }
@@ -348,7 +349,7 @@ absl::StatusOr<std::vector<float>> LlamaModel::ForwardFull(
     at::Tensor logits = impl_->Logits(hidden).cpu().contiguous();
     return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
   } catch (const std::exception& e) {
-    return ToStatus(e, "forward");
+    return TorchStatus(e, "forward");
   }
 }
 

@@ -5,8 +5,11 @@
 
 #include <ATen/ATen.h>
 
+#include <exception>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "model/model_config.h"
 
 namespace anchorserve::model {
@@ -46,6 +49,11 @@ struct LlamaImpl {
   // lm_head over hidden states: fp32 logits [rows, vocab].
   at::Tensor Logits(const at::Tensor& hidden) const;
 };
+
+// A libtorch exception as a Status naming `what`, with the message's first line:
+// ResourceExhausted for a device out-of-memory (callers free and retry or report), else
+// Internal. Shared by every torch translation unit.
+absl::Status TorchStatus(const std::exception& e, absl::string_view what);
 
 // Shared by the serving forward and the training forward (train/), so both compute the same
 // function. HF LlamaRMSNorm: statistics in fp32, the scale applied after casting back.

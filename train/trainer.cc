@@ -66,15 +66,6 @@ struct Params {
   const at::Tensor& head() const { return lm_head.defined() ? lm_head : embed; }
 };
 
-absl::Status TorchError(const std::exception& e, absl::string_view what) {
-  std::string message = e.what();
-  message = message.substr(0, message.find('\n'));
-  if (message.find("out of memory") != std::string::npos) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": ", message));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", message));
-}
-
 at::Device DeviceOf(model::Device device) {
   return device == model::Device::kCuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
 }
@@ -565,7 +556,7 @@ absl::StatusOr<TrainResult> Train(const TrainOptions& o) {
       params = RandomParams(o.config, o.init_std, o.seed, device);
     }
   } catch (const std::exception& e) {
-    return TorchError(e, "creating the model");
+    return model::TorchStatus(e, "creating the model");
   }
   const ModelConfig& config = params.config;
   if (data.vocab_size() > config.vocab_size) {
@@ -739,7 +730,7 @@ absl::StatusOr<TrainResult> Train(const TrainOptions& o) {
     RETURN_IF_ERROR(SaveCheckpoint(params, opt, cursor, o.out_dir));
     RETURN_IF_ERROR(SaveModel(params, anchors, o.out_dir, tokenizer_dir, o));
   } catch (const std::exception& e) {
-    return TorchError(e, absl::StrCat("training step ", cursor.step + 1));
+    return model::TorchStatus(e, absl::StrCat("training step ", cursor.step + 1));
   }
   result.steps = cursor.step;
   result.tokens = cursor.tokens;
@@ -770,7 +761,7 @@ absl::StatusOr<std::vector<float>> TrainingLogits(const std::string& dir,
     at::Tensor logits = at::linear(hidden, p.head()).contiguous();
     return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
   } catch (const std::exception& e) {
-    return TorchError(e, "training forward");
+    return model::TorchStatus(e, "training forward");
   }
 }
 
@@ -836,7 +827,7 @@ absl::StatusOr<std::vector<StepTiming>> TimeTrainingSteps(const ModelConfig& con
       out.push_back(t);
     }
   } catch (const std::exception& e) {
-    return TorchError(e, "timing training steps");
+    return model::TorchStatus(e, "timing training steps");
   }
   return out;
 }
