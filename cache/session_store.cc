@@ -1022,6 +1022,10 @@ SessionStoreStats SessionStore::Stats() const {
   stats.disk.max_sessions = options_.disk_dir.empty() ? 0 : options_.disk_max_sessions;
   stats.empty_sessions = static_cast<int64_t>(lru_[static_cast<int>(SessionTier::kEmpty)].size());
   stats.busy_sessions = busy_;
+  for (const auto& [key, session] : sessions_) {
+    stats.kv_kept_bytes += session->accounting.kept_bytes();
+    stats.kv_full_equivalent_bytes += session->accounting.full_bytes();
+  }
   return stats;
 }
 

@@ -170,6 +170,10 @@ struct SessionStoreStats {
   TierUsage disk;
   int64_t empty_sessions = 0;
   int64_t busy_sessions = 0;
+  // Over every stored session, by its last committed turn: K/V bytes kept, and what full
+  // caches of the same histories would hold.
+  int64_t kv_kept_bytes = 0;
+  int64_t kv_full_equivalent_bytes = 0;
 };
 
 struct IdleSweepResult {

@@ -366,6 +366,14 @@ EngineStats Engine::Stats() const {
     stats.decode_tokens = impl_->decode_tokens;
     stats.decode_batches = impl_->decode_batches;
     stats.sessions = impl_->sessions->Stats();
+    stats.kv_kept_bytes = stats.sessions.kv_kept_bytes;
+    stats.kv_full_equivalent_bytes = stats.sessions.kv_full_equivalent_bytes;
+    for (const auto& [id, r] : impl_->active) {
+      if (!r->running) continue;
+      const cache::KvAccounting kv = impl_->Sequence(*r)->accounting();
+      stats.kv_kept_bytes += kv.kept_bytes();
+      stats.kv_full_equivalent_bytes += kv.full_bytes();
+    }
   });
   return stats;
 }

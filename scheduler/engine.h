@@ -111,6 +111,11 @@ struct EngineStats {
   double model_seconds = 0;
   int64_t decode_tokens = 0;   // tokens decoded (one per running sequence per step)
   int64_t decode_batches = 0;  // batched decode forwards run; decode_tokens / this = mean batch
+  // K/V held by running sequences plus stored sessions (committed state), and what full
+  // caches of the same histories would hold. A session turn in flight counts twice, as both
+  // copies are held: the committed state and the turn's own sequence.
+  int64_t kv_kept_bytes = 0;
+  int64_t kv_full_equivalent_bytes = 0;
   cache::SessionStoreStats sessions;
 };
 

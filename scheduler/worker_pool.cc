@@ -47,11 +47,15 @@ void AddStats(EngineStats& sum, const EngineStats& s) {
   sum.model_seconds += s.model_seconds;
   sum.decode_tokens += s.decode_tokens;
   sum.decode_batches += s.decode_batches;
+  sum.kv_kept_bytes += s.kv_kept_bytes;
+  sum.kv_full_equivalent_bytes += s.kv_full_equivalent_bytes;
   AddTier(sum.sessions.resident, s.sessions.resident);
   AddTier(sum.sessions.host, s.sessions.host);
   AddTier(sum.sessions.disk, s.sessions.disk);
   sum.sessions.empty_sessions += s.sessions.empty_sessions;
   sum.sessions.busy_sessions += s.sessions.busy_sessions;
+  sum.sessions.kv_kept_bytes += s.sessions.kv_kept_bytes;
+  sum.sessions.kv_full_equivalent_bytes += s.sessions.kv_full_equivalent_bytes;
 }
 
 int64_t SessionsIn(const cache::SessionStoreStats& s) {

@@ -144,6 +144,7 @@ int RunServer(const RunOptions& options) {
         const scheduler::EngineStats stats = (*workers)->Stats();
         metrics->SetQueue(stats.running, stats.waiting);
         metrics->SetKvPool(stats.kv_blocks_used, stats.kv_blocks_total);
+        metrics->SetKvFootprint(stats.kv_kept_bytes, stats.kv_full_equivalent_bytes);
         SessionsByTier tiers;
         tiers.resident = {stats.sessions.resident.sessions, stats.sessions.resident.bytes};
         tiers.host = {stats.sessions.host.sessions, stats.sessions.host.bytes};

@@ -179,6 +179,11 @@ TEST_F(EngineTest, SessionTurnsPrefillOnlyNewTokensAndMatchOneLongSequence) {
     auto info = engine->GetSession("t", "chat");
     ASSERT_TRUE(info.ok());
     EXPECT_EQ(info->turns, static_cast<int64_t>(t + 1));
+    // Between turns the footprint the metrics report is the session's committed state.
+    const EngineStats stats = engine->Stats();
+    EXPECT_EQ(stats.kv_kept_bytes, usage.kv.kept_bytes());
+    EXPECT_EQ(stats.kv_full_equivalent_bytes, usage.kv.full_bytes());
+    EXPECT_GT(stats.kv_kept_bytes, 0);
   }
 }
 

@@ -196,6 +196,13 @@ class GenerateAndSessions(unittest.TestCase):
                 "anchorserve_kv_pool_blocks", 'state="used"'):
             time.sleep(0.2)
         self.assertGreater(self.server.metric("anchorserve_kv_pool_blocks", 'state="used"'), 0)
+        # The footprint gauges follow the live sequence (polled about once a second).
+        deadline = time.time() + 5
+        while time.time() < deadline and not self.server.metric("anchorserve_kv_kept_bytes"):
+            time.sleep(0.2)
+        kept = self.server.metric("anchorserve_kv_kept_bytes")
+        self.assertGreater(kept, 0)
+        self.assertGreaterEqual(self.server.metric("anchorserve_kv_full_equivalent_bytes"), kept)
         call.cancel()
         deadline = time.time() + 5
         while time.time() < deadline and self.server.metric(
