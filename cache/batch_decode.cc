@@ -425,17 +425,18 @@ absl::StatusOr<std::vector<float>> PagedSequence::DecodeBatch(
         ids[i] = tokens[i];
         positions[i] = placements[i].positions[0];
       }
-      at::Tensor gb_t = at::tensor(gb).view({n, p_max}).to(device);
-      at::Tensor go_t = at::tensor(go).view({n, p_max}).to(device);
+      at::Tensor gb_t = model::ToDevice(at::tensor(gb).view({n, p_max}), device);
+      at::Tensor go_t = model::ToDevice(at::tensor(go).view({n, p_max}), device);
+      const at::TensorOptions bytes = at::TensorOptions().dtype(at::kByte);
       at::Tensor blocked =
-          at::from_blob(allowed.data(), {n, 1, 1, p_max + 1}, at::TensorOptions().dtype(at::kByte))
-              .to(device, at::kBool, false, true)
+          model::ToDevice(at::from_blob(allowed.data(), {n, 1, 1, p_max + 1}, bytes), device)
+              .to(at::kBool)
               .logical_not();
       // Masked entries score `lowest` (as Feed, so a row that sees nothing, a pad's, averages
       // its own entries uniformly); padding scores -inf and never counts.
       at::Tensor padded =
-          at::from_blob(padding.data(), {n, 1, 1, p_max + 1}, at::TensorOptions().dtype(at::kByte))
-              .to(device, at::kBool, false, true);
+          model::ToDevice(at::from_blob(padding.data(), {n, 1, 1, p_max + 1}, bytes), device)
+              .to(at::kBool);
       const int64_t kv = config.num_key_value_heads, d = config.head_dim;
       const int64_t group = config.num_attention_heads / kv;
       const double scale = 1.0 / std::sqrt(static_cast<double>(d));
@@ -458,7 +459,7 @@ absl::StatusOr<std::vector<float>> PagedSequence::DecodeBatch(
         return at::matmul(probs, values.permute({0, 2, 1, 3}))
             .reshape({n, config.num_attention_heads * d});
       };
-      logits = DecodeLayers(impl, at::tensor(ids).to(device), at::tensor(positions).to(device),
+      logits = DecodeLayers(impl, model::ToDevice(at::tensor(ids), device), model::ToDevice(at::tensor(positions), device),
                             attend);
       // Each new token's K/V into its slot: [n, L, 2, kv, d].
       at::Tensor values = at::stack({at::stack(new_k, 1), at::stack(new_v, 1)}, 2);
@@ -467,8 +468,8 @@ absl::StatusOr<std::vector<float>> PagedSequence::DecodeBatch(
         dst_block[i] = placements[i].dst_block[0];
         dst_offset[i] = placements[i].dst_offset[0];
       }
-      storage.index_put_({at::tensor(dst_block).to(device), Slice(), Slice(), Slice(),
-                          at::tensor(dst_offset).to(device)},
+      storage.index_put_({model::ToDevice(at::tensor(dst_block), device), Slice(), Slice(), Slice(),
+                          model::ToDevice(at::tensor(dst_offset), device)},
                          values);
     }
     // The step's one wait, into pinned memory (full PCIe speed): the argmax ids alone when

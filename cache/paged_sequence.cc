@@ -325,17 +325,19 @@ absl::StatusOr<std::vector<float>> PagedSequence::Forward(absl::Span<const int32
       for (const Region* r : {&anchors_, &kept_full_, &sentence_}) {
         AppendSlots(r->blocks, static_cast<int64_t>(r->entries.size()), pool_->block_tokens(), &b, &o);
       }
-      at::Tensor gathered = storage.index({at::tensor(b).to(device), Slice(), Slice(), Slice(),
-                                           at::tensor(o).to(device)});  // [P, L, 2, kv, d]
+      at::Tensor gathered = storage.index({model::ToDevice(at::tensor(b), device), Slice(), Slice(), Slice(),
+                                           model::ToDevice(at::tensor(o), device)});  // [P, L, 2, kv, d]
       gathered = gathered.permute({1, 2, 3, 0, 4}).contiguous();      // [L, 2, kv, P, d]
       for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
         past.push_back({gathered[l][0], gathered[l][1]});
       }
     }
-    at::Tensor id_t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end())).to(device);
-    at::Tensor pos_t = at::tensor(pl.positions).to(device);
-    at::Tensor mask = at::from_blob(allowed.data(), {s, p + s}, at::TensorOptions().dtype(at::kByte))
-                          .to(device, at::kBool, false, true);
+    at::Tensor id_t =
+        model::ToDevice(at::tensor(std::vector<int64_t>(ids.begin(), ids.end())), device);
+    at::Tensor pos_t = model::ToDevice(at::tensor(pl.positions), device);
+    const at::TensorOptions bytes = at::TensorOptions().dtype(at::kByte);
+    at::Tensor mask =
+        model::ToDevice(at::from_blob(allowed.data(), {s, p + s}, bytes), device).to(at::kBool);
     std::vector<model::LayerKV> present;
     at::Tensor hidden = impl.ForwardHidden(id_t, pos_t, past, mask, &present);
     if (want != Logits::kNone) {
@@ -353,9 +355,9 @@ absl::StatusOr<std::vector<float>> PagedSequence::Forward(absl::Span<const int32
       // [L, 2, kv, S, d] -> the written tokens as [n, L, 2, kv, d].
       at::Tensor combined = at::stack({at::stack(k_layers), at::stack(v_layers)}, 1);
       at::Tensor values =
-          combined.index_select(3, at::tensor(pl.src).to(device)).permute({3, 0, 1, 2, 4});
-      storage.index_put_({at::tensor(pl.dst_block).to(device), Slice(), Slice(), Slice(),
-                          at::tensor(pl.dst_offset).to(device)},
+          combined.index_select(3, model::ToDevice(at::tensor(pl.src), device)).permute({3, 0, 1, 2, 4});
+      storage.index_put_({model::ToDevice(at::tensor(pl.dst_block), device), Slice(), Slice(), Slice(),
+                          model::ToDevice(at::tensor(pl.dst_offset), device)},
                          values);
     }
   } catch (const std::exception& e) {
@@ -387,8 +389,8 @@ absl::StatusOr<std::unique_ptr<PagedSequence>> PagedSequence::Clone() const {
   try {
     at::Tensor& storage = pool_->storage().kv;
     const at::Device device = storage.device();
-    storage.index_copy_(0, at::tensor(dst).to(device),
-                        storage.index_select(0, at::tensor(src).to(device)));
+    storage.index_copy_(0, model::ToDevice(at::tensor(dst), device),
+                        storage.index_select(0, model::ToDevice(at::tensor(src), device)));
   } catch (const std::exception& e) {
     return model::TorchStatus(e, "copying KV blocks");
   }
@@ -418,8 +420,8 @@ absl::StatusOr<SessionSnapshot> PagedSequence::Snapshot() const {
       AppendSlots(r->blocks, static_cast<int64_t>(r->entries.size()), bt, &b, &o);
     }
     at::Tensor gathered = pool_->storage()
-                              .kv.index({at::tensor(b).to(device), Slice(), Slice(), Slice(),
-                                         at::tensor(o).to(device)})
+                              .kv.index({model::ToDevice(at::tensor(b), device), Slice(), Slice(), Slice(),
+                                         model::ToDevice(at::tensor(o), device)})
                               .permute({1, 2, 3, 0, 4})
                               .contiguous()
                               .cpu();  // [L, 2, kv, T, d]: per layer K then V
@@ -488,9 +490,9 @@ absl::StatusOr<std::unique_ptr<PagedSequence>> PagedSequence::Restore(
                                 at::TensorOptions().dtype(type));
     std::memcpy(host.data_ptr(), snap.kv.data(), snap.kv.size());
     const at::Device device = storage.device();
-    storage.index_put_({at::tensor(b).to(device), Slice(), Slice(), Slice(),
-                        at::tensor(o).to(device)},
-                       host.to(device).permute({3, 0, 1, 2, 4}));
+    storage.index_put_({model::ToDevice(at::tensor(b), device), Slice(), Slice(), Slice(),
+                        model::ToDevice(at::tensor(o), device)},
+                       model::ToDevice(host, device).permute({3, 0, 1, 2, 4}));
   } catch (const std::exception& e) {
     return model::TorchStatus(e, "restoring KV blocks");
   }

@@ -25,6 +25,8 @@ void AddGenerationFlags(FlagParser& parser, GenerationFlags* flags) {
                    "where <AC> goes: sentences (default), messages, none or client");
   parser.AddBool("include-anchors", &flags->include_anchor_tokens,
                  "show generated <AC> tokens in the text");
+  parser.AddBool("ignore-eos", &flags->ignore_eos,
+                 "keep generating past end-of-sequence: exactly --max-tokens per request");
 }
 
 absl::Status ApplyGenerationFlags(const GenerationFlags& flags,
@@ -39,6 +41,7 @@ absl::Status ApplyGenerationFlags(const GenerationFlags& flags,
   }
   if (flags.seed) request->set_seed(static_cast<uint64_t>(*flags.seed));
   for (const std::string& stop : flags.stop) request->add_stop(stop);
+  if (flags.ignore_eos) request->set_ignore_eos(true);
 
   if (flags.mode.empty()) {
     request->set_mode(anchorserve::v1::ATTENTION_MODE_UNSPECIFIED);

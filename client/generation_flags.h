@@ -27,6 +27,7 @@ struct GenerationFlags {
   std::string mode;              // "", "anchor" or "full"
   std::string anchor_insertion;  // "", "sentences", "messages", "none" or "client"
   bool include_anchor_tokens = false;
+  bool ignore_eos = false;       // generate exactly max_tokens (benchmarks)
 };
 
 // Declares the flags on `parser`; `flags->max_tokens` keeps its current value as the default.

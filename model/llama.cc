@@ -128,6 +128,13 @@ absl::Status TorchStatus(const std::exception& e, absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", first_line));
 }
 
+at::Tensor ToDevice(const at::Tensor& host, const at::Device& device) {
+  if (!device.is_cuda()) return host.to(device);
+  at::Tensor pinned = at::empty(host.sizes(), host.options().pinned_memory(true));
+  pinned.copy_(host);
+  return pinned.to(device, /*non_blocking=*/true);
+}
+
 bool CudaAvailable() { return at::hasCUDA(); }
 int CudaDeviceCount() { return at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0; }
 

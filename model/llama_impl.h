@@ -50,6 +50,11 @@ struct LlamaImpl {
   at::Tensor Logits(const at::Tensor& hidden) const;
 };
 
+// A host tensor on `device` without waiting for the device: on CUDA it goes through pinned
+// memory with an asynchronous copy (the caching host allocator keeps the staging buffer until
+// the copy ran); a plain pageable copy would synchronize the stream.
+at::Tensor ToDevice(const at::Tensor& host, const at::Device& device);
+
 // A libtorch exception as a Status naming `what`, with the message's first line:
 // ResourceExhausted for a device out-of-memory (callers free and retry or report), else
 // Internal. Shared by every torch translation unit.

@@ -147,14 +147,14 @@ struct Engine::Impl {
   absl::StatusOr<StepPlan> PlanStep();
   void Preempt(Request& r);
   absl::Status Resume(Request& r);
-  void Prefill(Request& r, int64_t tokens);
+  void Prefill(Request& r, int64_t tokens, std::vector<Request*>* decoding);
   void PublishCounts();
   void Sample(Request& r, absl::Span<const float> logits);
   void Accept(Request& r, int32_t token);
   void DecodeAll(const std::vector<Request*>& decoding);
   void Emit(Request& r, int32_t token);
   void Finish(Request& r, FinishReason reason, absl::Status status);
-  absl::Status FeedPending(Request& r);
+  absl::Status FeedPending(Request& r, bool logits = true);
   absl::StatusOr<std::vector<float>> Feed(Request& r, absl::Span<const int32_t> ids,
                                           absl::Span<const uint8_t> spans, bool logits = true);
   cache::PagedSequence* Sequence(const Request& r) const { return resident->Get(r.handle); }
@@ -585,11 +585,29 @@ absl::Status Engine::Impl::Resume(Request& r) {
   return absl::OkStatus();
 }
 
-void Engine::Impl::Prefill(Request& r, int64_t tokens) {
+// A prompt chunk. The prompt's last token (outside a kept-full span) is not fed here: it joins
+// the step's decode batch, whose logits give the first generated token, so a step waits for
+// the device once however many prompts finish in it.
+void Engine::Impl::Prefill(Request& r, int64_t tokens, std::vector<Request*>* decoding) {
   absl::Span<const int32_t> ids =
       absl::MakeConstSpan(r.req.prompt_token_ids).subspan(r.prefilled, tokens);
   absl::Span<const uint8_t> spans;
   if (!r.span_flags.empty()) spans = absl::MakeConstSpan(r.span_flags).subspan(r.prefilled, tokens);
+  const int64_t total = static_cast<int64_t>(r.req.prompt_token_ids.size());
+  if (r.prefilled + tokens == total && (spans.empty() || !spans.back())) {
+    if (tokens > 1) {
+      auto fed = Feed(r, ids.subspan(0, tokens - 1),
+                      spans.empty() ? spans : spans.subspan(0, tokens - 1), /*logits=*/false);
+      if (!fed.ok()) {
+        Finish(r, FinishReason::kError, fed.status());
+        return;
+      }
+    }
+    r.prefilled = total - 1;
+    r.pending = ids.back();
+    decoding->push_back(&r);
+    return;
+  }
   // Only the prompt's last chunk needs logits; earlier chunks leave the device running.
   const bool last = r.prefilled + tokens == static_cast<int64_t>(r.req.prompt_token_ids.size());
   absl::StatusOr<std::vector<float>> logits = Feed(r, ids, spans, /*logits=*/last);
@@ -652,14 +670,14 @@ void Engine::Impl::Step() {
     Request* r = find(id);
     if (r != nullptr && r->running && r->pending >= 0) decoding.push_back(r);
   }
-  DecodeAll(decoding);
   for (const PrefillChunk& chunk : plan->prefills) {
     Request* r = find(chunk.id);
     if (r == nullptr) continue;
     if (!r->running && !r->preempted && !Start(*r)) continue;
     if (find(chunk.id) == nullptr || !r->running) continue;  // Start may have failed it
-    Prefill(*r, chunk.tokens);
+    Prefill(*r, chunk.tokens, &decoding);
   }
+  DecodeAll(decoding);
   PublishCounts();
   step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
 }
@@ -693,6 +711,7 @@ void Engine::Impl::DecodeAll(const std::vector<Request*>& decoding) {
       ++decode_batches;
       for (size_t i = 0; i < decoding.size(); ++i) {
         decoding[i]->pending = -1;
+        decoding[i]->prefilled = static_cast<int64_t>(decoding[i]->req.prompt_token_ids.size());
         if (all_greedy) {
           Accept(*decoding[i], greedy[i]);
         } else {
@@ -707,6 +726,7 @@ void Engine::Impl::DecodeAll(const std::vector<Request*>& decoding) {
       Finish(*r, FinishReason::kError, s);
       continue;
     }
+    r->prefilled = static_cast<int64_t>(r->req.prompt_token_ids.size());
     ++decode_tokens;
     ++decode_batches;
     Sample(*r, r->logits);
@@ -751,10 +771,10 @@ absl::StatusOr<std::vector<float>> Engine::Impl::Feed(Request& r, absl::Span<con
   return timed_feed();
 }
 
-absl::Status Engine::Impl::FeedPending(Request& r) {
+absl::Status Engine::Impl::FeedPending(Request& r, bool logits) {
   if (r.pending < 0) return absl::OkStatus();
   const int32_t token = r.pending;
-  ASSIGN_OR_RETURN(r.logits, Feed(r, {&token, 1}, {}));
+  ASSIGN_OR_RETURN(r.logits, Feed(r, {&token, 1}, {}, logits));
   r.pending = -1;
   return absl::OkStatus();
 }
@@ -822,7 +842,7 @@ void Engine::Impl::Finish(Request& r, FinishReason reason, absl::Status status) 
   cache::PagedSequence* seq = r.running ? Sequence(r) : nullptr;
   if (completed && !r.req.session_id.empty() && seq != nullptr) {
     // The session's history holds the whole turn, its last token included.
-    if (absl::Status fed = FeedPending(r); !fed.ok()) {
+    if (absl::Status fed = FeedPending(r, /*logits=*/false); !fed.ok()) {
       reason = FinishReason::kError;
       status = fed;
     }
