@@ -40,8 +40,9 @@ using at::indexing::Slice;
 
 namespace {
 
-// The layer loop shared by both attention paths: `attend(l, q, k, v)` returns the attention
-// output [n, heads * head_dim] of layer l for rotated q [n, heads, d], k and v [n, kv, d].
+// The reference path's layer loop (KernelForward is its fused twin): `attend(l, q, k, v)`
+// returns the attention output [n, heads * head_dim] of layer l for rotated q [n, heads, d],
+// k and v [n, kv, d].
 template <typename Attend>
 at::Tensor DecodeLayers(const model::LlamaImpl& impl, const at::Tensor& ids,
                         const at::Tensor& positions, Attend attend) {
@@ -405,9 +406,7 @@ absl::StatusOr<std::vector<float>> PagedSequence::DecodeBatch(
         const model::AttentionMask self = anchor_mode
                                               ? model::BuildAnsanMask({&tokens[i], 1}, spec)
                                               : model::BuildCausalMask(1);
-        uint8_t own = self[0];
-        if (!anchor_mode) own = 1;
-        visible[i].push_back(own);
+        visible[i].push_back(self[0]);
         p_max = std::max<int64_t>(p_max, static_cast<int64_t>(slot_block[i].size()));
       }
       std::vector<int64_t> gb(static_cast<size_t>(n * p_max), 0), go(gb.size(), 0);

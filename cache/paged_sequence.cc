@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cache/block_pool_impl.h"
+#include "cache/cuda/paged_attention.h"
 #include "common/status_macros.h"
 #include "model/ansan_mask.h"
 #include "model/llama_impl.h"
@@ -251,7 +252,7 @@ void PagedSequence::AppendSegments(std::vector<int32_t>* block, std::vector<int3
   const int64_t bt = pool_->block_tokens();
   for (const Region* r : {&anchors_, &kept_full_, &sentence_}) {
     const int64_t n = static_cast<int64_t>(r->entries.size());
-    const int32_t flag = r == &anchors_ ? (1 << 16) : 0;  // cuda::kSegmentAnchorFlag
+    const int32_t flag = r == &anchors_ ? cuda::kSegmentAnchorFlag : 0;
     for (int64_t k = 0; k * bt < n; ++k) {
       block->push_back(r->blocks[k]);
       info->push_back(static_cast<int32_t>(std::min(bt, n - k * bt)) | flag);

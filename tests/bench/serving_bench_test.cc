@@ -1,11 +1,6 @@
 // serving_bench end to end on the CPU with the embedded default model at toy sizes: it exits 0,
 // prints the benchmark 4 and 5 tables with numbers in them, writes its JSON, and anchor mode
 // keeps less KV per session than full mode. Timings are never asserted (any machine, any load).
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <array>
-#include <cstdio>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -14,26 +9,13 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/command_runner.h"
 
 namespace anchorserve::bench {
 namespace {
 
-struct Outcome {
-  int exit_code = -1;
-  std::string out;
-};
-
-Outcome RunServingBench(const std::string& args) {
-  const std::string cmd = std::string(SERVING_BENCH_BIN) + " " + args;
-  Outcome run;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return run;
-  std::array<char, 65536> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.out.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
+testing::Outcome RunServingBench(const std::string& args) {
+  return testing::RunCommand(std::string(SERVING_BENCH_BIN) + " " + args);
 }
 
 // The cells of the Markdown table row that starts with `first_cell`, or empty.
@@ -62,12 +44,12 @@ bool Numeric(const std::string& cell) {
 TEST(ServingBenchTest, PrintsBothTablesAndAnchorModeKeepsLessKv) {
   const std::string json_path =
       ::testing::TempDir() + "/serving_bench_" + std::to_string(getpid()) + ".json";
-  const Outcome run =
+  const testing::Outcome run =
       RunServingBench(std::string("--model ") + ANCHORSERVE_DEFAULT_MODEL_DIR +
                       " --device cpu --dtype float32 --threads 1 --sessions 2 --turns 3"
                       " --gen 4 --batch 4 --batch-gen 16 --json " +
                       json_path);
-  ASSERT_EQ(run.exit_code, 0) << run.out;
+  ASSERT_EQ(run.exit_code, 0) << run.out << run.err;
   EXPECT_NE(run.out.find("Benchmark 4, multi-turn serving"), std::string::npos) << run.out;
   EXPECT_NE(run.out.find("Benchmark 5, engine CPU overhead per step"), std::string::npos)
       << run.out;

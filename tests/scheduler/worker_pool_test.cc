@@ -17,69 +17,13 @@
 #include "model/default_model.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "tests/scheduler/scheduler_test_util.h"
 
 namespace anchorserve::scheduler {
 namespace {
 
-// Collects a stream; Wait() returns once the final event arrived.
-class Collector : public StreamSink {
- public:
-  void OnEvent(StreamEvent event) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    events_.push_back(std::move(event));
-    cv_.notify_all();
-  }
-  std::vector<StreamEvent> Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::seconds(60),
-                 [&] { return !events_.empty() && events_.back().final; });
-    return events_;
-  }
-  void WaitForTokens(size_t n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::seconds(60), [&] {
-      size_t tokens = 0;
-      for (const auto& e : events_) tokens += e.token_ids.size();
-      return tokens >= n || (!events_.empty() && events_.back().final);
-    });
-  }
-  bool Finished() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return !events_.empty() && events_.back().final;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<StreamEvent> events_;
-};
-
-std::vector<int32_t> Tokens(const std::vector<StreamEvent>& events) {
-  std::vector<int32_t> out;
-  for (const auto& e : events) out.insert(out.end(), e.token_ids.begin(), e.token_ids.end());
-  return out;
-}
-
-class WorkerPoolTest : public ::testing::Test {
+class WorkerPoolTest : public DefaultModelTest {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/worker_pool_model_" + std::to_string(getpid()));
-    model::DefaultModelOptions options;
-    options.out_dir = *dir_;
-    written_ = new absl::Status(model::WriteDefaultModel(options));
-  }
-  static void TearDownTestSuite() {
-    anchorserve::RemoveTree(*dir_);
-    delete dir_;
-    delete written_;
-  }
-  void SetUp() override {
-    if (!written_->ok() && written_->message().find("spm_train") != std::string::npos) {
-      GTEST_SKIP() << "spm_train is not installed: " << *written_;
-    }
-    ASSERT_TRUE(written_->ok()) << *written_;
-  }
-
   std::unique_ptr<WorkerPool> NewPool(int workers = 2, EngineOptions options = {}) {
     options.model_dir = *dir_;
     options.load.num_threads = 1;
@@ -89,20 +33,6 @@ class WorkerPoolTest : public ::testing::Test {
     auto pool = WorkerPool::Create(std::move(pool_options));
     EXPECT_TRUE(pool.ok()) << pool.status();
     return pool.ok() ? *std::move(pool) : nullptr;
-  }
-
-  static GenerationRequest Greedy(std::vector<int32_t> prompt, int32_t max_tokens) {
-    GenerationRequest r;
-    r.tenant = "t";
-    r.prompt_token_ids = std::move(prompt);
-    r.max_tokens = max_tokens;
-    r.sampling.temperature = 0;
-    return r;
-  }
-
-  std::vector<int32_t> Prompt(const std::string& text, bool add_bos = true) {
-    auto tokenizer = model::Tokenizer::Load(*dir_);
-    return (*tokenizer)->Encode(text, add_bos);
   }
 
   // A one-shot request that keeps worker `worker` busy until cancelled.
@@ -124,13 +54,7 @@ class WorkerPoolTest : public ::testing::Test {
       ASSERT_EQ(pool.WorkerLoad(i), 0) << "worker " << i;
     }
   }
-
-  static std::string* dir_;
-  static absl::Status* written_;
 };
-
-std::string* WorkerPoolTest::dir_ = nullptr;
-absl::Status* WorkerPoolTest::written_ = nullptr;
 
 TEST(WorkerCount, OnePerVisibleGpuOrOneCpuWorkerUnlessConfigured) {
   EXPECT_EQ(*ResolveWorkerCount(model::Device::kCpu, 0, 0), 1);
